@@ -294,15 +294,17 @@ def write_qupath_geojson(path: str | Path, detections: Detections, mpp: float) -
     _dump_json(path, {"type": "FeatureCollection", "features": features})
 
 
-def validate_midog_json(obj: object) -> None:
+def validate_midog_json(obj: object, max_coordinate_mm: float | None = MAX_MIDOG_COORDINATE_MM) -> None:
     """Raise OutputError unless ``obj`` is a valid MIDOG challenge "Multiple points" result.
 
     The object must have exactly the keys ``name`` (a string), ``type``
     ("Multiple points"), ``points`` and ``version`` (``{"major": int, "minor":
     int}``). Each point must have exactly ``name`` ("mitotic figure" or
     "non-mitotic figure"), ``point`` (three finite numbers in mm, z = 0, x and y
-    at most ``MAX_MIDOG_COORDINATE_MM`` in absolute value) and ``probability`` (finite, in 0-1).
-    The message names the first invalid point and value.
+    at most ``max_coordinate_mm`` in absolute value) and ``probability`` (finite, in 0-1).
+    The message names the first invalid point and value. The default bound,
+    ``MAX_MIDOG_COORDINATE_MM``, fits the challenge's region-of-interest
+    images; pass None for whole slides, which are often wider than 10 mm.
     """
     if not isinstance(obj, dict):
         raise OutputError(f"MIDOG JSON must be an object, got {type(obj).__name__}")
@@ -326,10 +328,10 @@ def validate_midog_json(obj: object) -> None:
     if not isinstance(points, list):
         raise OutputError(f"MIDOG JSON points must be a list, got {type(points).__name__}")
     for index, point in enumerate(points):
-        _validate_midog_point(index, point)
+        _validate_midog_point(index, point, max_coordinate_mm)
 
 
-def _validate_midog_point(index: int, point: object) -> None:
+def _validate_midog_point(index: int, point: object, max_coordinate_mm: float | None) -> None:
     if not isinstance(point, dict) or set(point) != {"name", "point", "probability"}:
         keys = sorted(point) if isinstance(point, dict) else type(point).__name__
         raise OutputError(
@@ -358,14 +360,20 @@ def _validate_midog_point(index: int, point: object) -> None:
         )
     if coordinates[2] != 0:
         raise OutputError(f"MIDOG JSON point {index} has z = {coordinates[2]!r}; expected 0")
-    if max(abs(coordinates[0]), abs(coordinates[1])) > MAX_MIDOG_COORDINATE_MM:
+    if max_coordinate_mm is not None and max(abs(coordinates[0]), abs(coordinates[1])) > max_coordinate_mm:
         raise OutputError(
-            f"MIDOG JSON point {index} has point {coordinates!r}, above {MAX_MIDOG_COORDINATE_MM:g} mm; "
+            f"MIDOG JSON point {index} has point {coordinates!r}, above {max_coordinate_mm:g} mm; "
             "coordinates must be millimetres (px * mpp / 1000), not pixels"
         )
 
 
-def write_midog_json(path: str | Path, detections: Detections, mpp: float, threshold: float) -> None:
+def write_midog_json(
+    path: str | Path,
+    detections: Detections,
+    mpp: float,
+    threshold: float,
+    max_coordinate_mm: float | None = MAX_MIDOG_COORDINATE_MM,
+) -> None:
     """Write detections in the MIDOG challenge's "Multiple points" JSON.
 
     Points with ``score >= threshold`` are named "mitotic figure", the others
@@ -379,13 +387,15 @@ def write_midog_json(path: str | Path, detections: Detections, mpp: float, thres
         detections: the detections; ``xy`` in level-0 px, scores in 0-1.
         mpp: level-0 µm/px of the image.
         threshold: score at and above which a point is a mitotic figure.
+        max_coordinate_mm: largest allowed coordinate (see ``validate_midog_json``);
+            None for whole slides.
 
     Raises:
         ValueError: ``mpp`` is not a positive finite number.
         OutputError: the detections have several classes and none is named
             "mitotic figure", or the result fails ``validate_midog_json``
             (NaN, a score outside 0-1, a coordinate above
-            ``MAX_MIDOG_COORDINATE_MM``), or the file cannot be written.
+            ``max_coordinate_mm``), or the file cannot be written.
     """
     path = Path(path)
     mpp = _validate_mpp(mpp)
@@ -414,7 +424,7 @@ def write_midog_json(path: str | Path, detections: Detections, mpp: float, thres
     result = {"name": _MIDOG_NAME, "type": _MIDOG_TYPE, "points": points, "version": dict(_MIDOG_VERSION)}
 
     try:
-        validate_midog_json(result)
+        validate_midog_json(result, max_coordinate_mm)
     except OutputError as exc:
         raise OutputError(f"Failed to write {path}: {exc}") from exc
     _dump_json(path, result)
