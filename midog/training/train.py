@@ -1,0 +1,61 @@
+"""Training with the mmengine Runner on an mmdet-style config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_config", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_config(config_path: str | Path, overrides: dict[str, Any] | None = None):
+    """Load an mmdet-style config file and apply ``key.sub=value`` overrides.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+    """
+    from mmengine.config import Config
+
+    config_path = Path(config_path)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"config file {config_path} not found")
+    cfg = Config.fromfile(str(config_path))
+    if overrides:
+        cfg.merge_from_dict(overrides)
+    return cfg
+
+
+def train(
+    config_path: str | Path,
+    work_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    launcher: str = "none",
+) -> Path:
+    """Train a model and return the path of the last checkpoint.
+
+    Args:
+        config_path: an mmdet-style config (see ``configs/``).
+        work_dir: folder for checkpoints, logs and the dumped config.
+        overrides: config values to replace, as ``{"train_cfg.max_iters": 10}``.
+        resume: continue from the last checkpoint in ``work_dir``.
+        launcher: ``"none"`` for one process, or ``"pytorch"`` under torchrun.
+    """
+    from mmengine.runner import Runner
+
+    cfg = load_config(config_path, overrides)
+    cfg.work_dir = str(work_dir)
+    cfg.resume = resume
+    cfg.launcher = launcher
+    runner = Runner.from_cfg(cfg)
+    logger.info("training %s for %d iterations in %s", config_path, cfg.train_cfg.max_iters, work_dir)
+    runner.train()
+    last = Path(work_dir) / "last_checkpoint"
+    checkpoint = Path(last.read_text().strip()) if last.is_file() else None
+    if checkpoint is None or not checkpoint.is_file():
+        raise RuntimeError(f"training finished but no checkpoint was written to {work_dir}")
+    logger.info("last checkpoint: %s", checkpoint)
+    return checkpoint
