@@ -9,8 +9,10 @@ num_classes = len(class_names)
 model_mpp = 0.25  # µm/px of the canvases and of the exported model
 
 canvas_size = 320  # px at model_mpp
-batch_size = 8
-max_iters = 2400
+# Canvases per process. The default model ran 2 processes on 2 CPU cores
+# (torchrun --nproc_per_node 2, gloo), a global batch of 8.
+batch_size = 4
+max_iters = 2000
 warmup_iters = 100
 base_lr = 1e-3
 

@@ -163,7 +163,7 @@ def choose_threshold(results: list[UnitResult], candidates: np.ndarray | None = 
 def background_false_per_mm2(
     detector: TileDetector, tissue: list[TissueSource], threshold: float, mpp: float = 0.25, tile_px: int = 512
 ) -> dict[str, float]:
-    """Count detections at or above ``threshold`` on held-out tissue that holds no pasted figure.
+    """Count detections at or above ``threshold`` on held-out tissue without pasted figures.
 
     Any detection there is counted as false, although real tissue may hold an
     unlabelled mitotic figure, so this is an upper bound.

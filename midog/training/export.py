@@ -1,6 +1,6 @@
 """Export a trained RTMDet checkpoint to ONNX with raw head outputs.
 
-The graph holds normalisation, backbone, neck and head, and stops before
+The graph contains normalisation, backbone, neck and head, and stops before
 decoding: ``midog.inference.postprocess`` decodes and suppresses in numpy, so
 every runtime keeps the same number of boxes. The settings it needs go into
 the ONNX metadata (``midog.inference.onnx_detector.METADATA_KEYS``).
@@ -21,7 +21,7 @@ import numpy as np
 from midog.errors import ModelError
 from midog.inference.onnx_detector import INPUT_NAME, METADATA_KEYS, OUTPUT_NAMES, OnnxDetector
 
-__all__ = ["ExportReport", "build_model", "export_onnx", "raw_head_module", "ONNX_OPSET"]
+__all__ = ["ExportReport", "build_model", "export_onnx", "raw_head_module", "set_model_metadata", "ONNX_OPSET"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ ONNX_OPSET = 17
 
 @dataclass
 class ExportReport:
-    """What ``export_onnx`` wrote and how closely ONNX matches PyTorch."""
+    """Result of ``export_onnx``: the file written and its parity with PyTorch."""
 
     output: Path
     max_abs_diff_logits: float
@@ -42,7 +42,7 @@ class ExportReport:
 def build_model(config_path: str | Path, checkpoint_path: str | Path | None = None):
     """Build the detector of a config and load a checkpoint's weights into it (eval mode).
 
-    The checkpoint's ``state_dict`` holds the EMA weights when the run used
+    The checkpoint's ``state_dict`` contains the EMA weights when the run used
     mmengine's ``EMAHook``, which swaps them in before saving.
     """
     from mmdet.registry import MODELS
@@ -188,6 +188,7 @@ def export_onnx(
             num_parity_images=len(images),
             size_bytes=os.path.getsize(temp_name),
         )
+        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; a model is meant to be shared
         os.replace(temp_name, output_path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -201,3 +202,34 @@ def export_onnx(
         report.max_abs_diff_distances,
     )
     return report
+
+
+def set_model_metadata(onnx_path: str | Path, values: dict[str, str]) -> None:
+    """Replace ``midog.*`` metadata entries of an ONNX file in place (atomically).
+
+    Args:
+        onnx_path: the model file.
+        values: short metadata names (keys of ``METADATA_KEYS``) and their new values.
+    """
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    unknown = sorted(set(values) - set(METADATA_KEYS))
+    if unknown:
+        raise ValueError(f"unknown metadata names {unknown}; known: {sorted(METADATA_KEYS)}")
+    proto = onnx.load(str(onnx_path))
+    current = {entry.key: entry.value for entry in proto.metadata_props}
+    current.update({METADATA_KEYS[name]: value for name, value in values.items()})
+    del proto.metadata_props[:]
+    for key, value in current.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    handle, temp_name = tempfile.mkstemp(suffix=".onnx.part", dir=onnx_path.parent)
+    os.close(handle)
+    try:
+        onnx.save(proto, temp_name)
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, onnx_path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise

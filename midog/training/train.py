@@ -28,6 +28,24 @@ def load_config(config_path: str | Path, overrides: dict[str, Any] | None = None
     return cfg
 
 
+def _init_cpu_process_group() -> bool:
+    """Join the torchrun process group with gloo when no GPU is present; return whether it did.
+
+    mmengine 0.10's ``init_dist("pytorch")`` always calls
+    ``torch.cuda.set_device``, which fails on CPU-only torch builds. The Runner
+    skips its own initialisation when a process group already exists.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+        logger.info("joined process group as rank %d of %d (gloo, CPU)", dist.get_rank(), dist.get_world_size())
+    return True
+
+
 def train(
     config_path: str | Path,
     work_dir: str | Path,
@@ -46,7 +64,13 @@ def train(
     """
     from mmengine.runner import Runner
 
+    cpu_distributed = launcher != "none" and _init_cpu_process_group()
     cfg = load_config(config_path, overrides)
+    if cpu_distributed:
+        # DistributedDataParallel takes no device ids for CPU modules; mmengine would pass the local rank.
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)
+        # RTMDet converts BN to SyncBatchNorm in distributed runs, and SyncBatchNorm needs GPUs.
+        cfg.model.use_syncbn = False
     cfg.work_dir = str(work_dir)
     cfg.resume = resume
     cfg.launcher = launcher
