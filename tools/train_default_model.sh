@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Rebuild the shipped default model: train, export, choose the threshold on the
-# validation crops, and measure the held-out figures for the model card.
+# Rebuild the shipped default model: train round 0, mine its false positives on
+# the training crops and tissue, fine-tune round 1 with them, export, choose the
+# threshold on the validation crops, and measure the held-out figures for the
+# model card.
 #
 # The shipped model was trained this way on 2 CPU cores: two processes with one
 # thread each (gloo), because two processes synchronise once per iteration
@@ -17,7 +19,19 @@ MODEL=${MODEL:-midog/models/rtmdet_s_mf_crops.onnx}
 OMP_NUM_THREADS=1 .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node 2 \
     -m midog.cli train configs/rtmdet_s_mf_crops.py --work-dir "$WORK_DIR" --data-root "$DATA" \
     --launcher pytorch --cfg-options env_cfg.dist_cfg.backend=gloo
-checkpoint=$(cat "$WORK_DIR/last_checkpoint")
-.venv/bin/midog export "$checkpoint" --config configs/rtmdet_s_mf_crops.py --output "$MODEL" --data-root "$DATA"
+round0=$(cat "$WORK_DIR/last_checkpoint")
+.venv/bin/midog export "$round0" --config configs/rtmdet_s_mf_crops.py --output "$WORK_DIR/round0.onnx" \
+    --data-root "$DATA"
+.venv/bin/python tools/benchmark_crops.py --model "$WORK_DIR/round0.onnx" --data-root "$DATA" \
+    --write-threshold --output "$WORK_DIR/round0-figures.json"
+
+.venv/bin/python tools/mine_default_model.py --model "$WORK_DIR/round0.onnx" --data-root "$DATA" \
+    --output "$WORK_DIR/mining/round1" --round 1 --score-thresh 0.2
+OMP_NUM_THREADS=1 .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node 2 \
+    -m midog.cli train configs/rtmdet_s_mf_crops_mined.py --work-dir "$WORK_DIR-mined" --data-root "$DATA" \
+    --launcher pytorch --cfg-options env_cfg.dist_cfg.backend=gloo "load_from=$round0" \
+    "train_dataloader.dataset.hard_negatives_file=$WORK_DIR/mining/round1/hard_negatives.csv"
+round1=$(cat "$WORK_DIR-mined/last_checkpoint")
+.venv/bin/midog export "$round1" --config configs/rtmdet_s_mf_crops_mined.py --output "$MODEL" --data-root "$DATA"
 .venv/bin/python tools/benchmark_crops.py --model "$MODEL" --data-root "$DATA" --write-threshold \
     --output docs/model-card-figures.json

@@ -77,7 +77,15 @@ def train(
     runner = Runner.from_cfg(cfg)
     logger.info("training %s for %d iterations in %s", config_path, cfg.train_cfg.max_iters, work_dir)
     runner.train()
+
+    # Rank 0 writes the checkpoints. The other ranks wait for it and check
+    # nothing, because on several machines they may not see rank 0's work_dir.
+    from mmengine.dist import barrier, is_main_process
+
+    barrier()
     last = Path(work_dir) / "last_checkpoint"
+    if not is_main_process():
+        return Path(last.read_text().strip()) if last.is_file() else last
     checkpoint = Path(last.read_text().strip()) if last.is_file() else None
     if checkpoint is None or not checkpoint.is_file():
         raise RuntimeError(f"training finished but no checkpoint was written to {work_dir}")
