@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from midog.errors import AnnotationError
 from midog.training.augment import hed_jitter
 
 __all__ = [
     "CropRecord",
+    "HardNegative",
     "TissueSource",
     "CanvasConfig",
     "CanvasGenerator",
@@ -247,6 +249,14 @@ class CanvasConfig:
         canvas_hed_scale: the same for the whole canvas afterwards.
         canvas_hed_shift: the same for the whole canvas afterwards.
         box_size: side of the box around each figure centre.
+        hard_negative_share: share of unlabelled squares centred on mined
+            hard negatives, where the generator was given any; the other
+            squares follow ``control_share``.
+        hard_negative_jitter_px: maximum offset of a hard negative from the
+            centre of its square, per axis.
+        figure_mask_px: radius around a crop's figure (its centre) that is
+            left transparent in hard-negative squares cut from that crop, so
+            the unlabelled square shows no part of the labelled figure core.
     """
 
     canvas_size: int = 320
@@ -260,6 +270,39 @@ class CanvasConfig:
     canvas_hed_scale: float = 0.1
     canvas_hed_shift: float = 0.1
     box_size: int = BOX_SIZE_PX
+    hard_negative_share: float = 0.0
+    hard_negative_jitter_px: int = 16
+    figure_mask_px: int = 20
+
+
+@dataclass(frozen=True)
+class HardNegative:
+    """A mined false-positive location to centre an unlabelled square on.
+
+    Attributes:
+        source: ``"crop"`` for a training crop, ``"tissue"`` for a training
+            tissue source.
+        name: the crop's path (as given to ``CanvasGenerator``) or the tissue
+            source's ``name``.
+        x_px: x of the location in the source's px (crop px, or tissue px at 0.25 µm/px).
+        y_px: y of the location, same frame.
+    """
+
+    source: str
+    name: str
+    x_px: float
+    y_px: float
+
+
+def _cut_square(rgb: np.ndarray, centre_x: int, centre_y: int, size_px: int) -> np.ndarray:
+    """Cut a ``size_px`` square centred on a pixel; pixels outside ``rgb`` are black (pasted transparent)."""
+    height, width = rgb.shape[:2]
+    x0, y0 = centre_x - size_px // 2, centre_y - size_px // 2
+    square = np.zeros((size_px, size_px, 3), dtype=np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + size_px, width), min(y0 + size_px, height)
+    if sx1 > sx0 and sy1 > sy0:
+        square[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    return square
 
 
 class CanvasGenerator:
@@ -269,9 +312,22 @@ class CanvasGenerator:
         crop_paths: crop files of one split; each crop's figure is at its centre.
         tissue_sources: background tissue of the same split.
         config: canvas settings.
+        hard_negatives: mined locations in these crops or tissue sources;
+            ``config.hard_negative_share`` of the unlabelled squares are cut
+            around them. None or empty keeps the canvases exactly as without.
+
+    Raises:
+        AnnotationError: a hard negative names a crop or tissue source that
+            is not among those given.
     """
 
-    def __init__(self, crop_paths: list[Path], tissue_sources: list[TissueSource], config: CanvasConfig) -> None:
+    def __init__(
+        self,
+        crop_paths: list[Path],
+        tissue_sources: list[TissueSource],
+        config: CanvasConfig,
+        hard_negatives: list[HardNegative] | None = None,
+    ) -> None:
         if not crop_paths:
             raise ValueError("no crops given to build canvases from")
         if not tissue_sources:
@@ -282,6 +338,54 @@ class CanvasGenerator:
                 raise ValueError(f"crop {path} is {crop.shape[1]}x{crop.shape[0]} px; expected 128x128")
         self.tissue_sources = tissue_sources
         self.config = config
+        self.hard_negatives = list(hard_negatives or [])
+        self._hard_negative_sources = self._index_hard_negatives(crop_paths)
+
+    def _index_hard_negatives(self, crop_paths: list[Path]) -> list[tuple[str, int]]:
+        """Return ``(source, index into self.crops or self.tissue_sources)`` per hard negative."""
+        crop_index = {str(Path(p)): i for i, p in enumerate(crop_paths)}
+        tissue_index = {source.name: i for i, source in enumerate(self.tissue_sources)}
+        indices = []
+        for negative in self.hard_negatives:
+            table = {"crop": crop_index, "tissue": tissue_index}.get(negative.source)
+            if table is None:
+                raise AnnotationError(
+                    f"hard negative {negative} has source {negative.source!r}; expected 'crop' or 'tissue'"
+                )
+            key = str(Path(negative.name)) if negative.source == "crop" else negative.name
+            if key not in table:
+                raise AnnotationError(
+                    f"hard negative {negative.source} {negative.name!r} is not among this generator's "
+                    f"{len(table)} {negative.source} sources; mine only training crops and training tissue"
+                )
+            indices.append((negative.source, table[key]))
+        return indices
+
+    def cut_hard_negative(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """Cut the 128 px unlabelled square of hard negative ``index``, centred on it with jitter.
+
+        Pixels outside the source, and in squares cut from a crop the disc of
+        ``figure_mask_px`` around the crop's figure, are black, which
+        ``_prepare_piece`` makes transparent, so the canvas shows through.
+
+        Returns:
+            ``(128, 128, 3)`` uint8 RGB.
+        """
+        cfg = self.config
+        negative = self.hard_negatives[index]
+        source, source_index = self._hard_negative_sources[index]
+        jitter = cfg.hard_negative_jitter_px
+        jitter_x, jitter_y = (int(v) for v in rng.integers(-jitter, jitter + 1, size=2))
+        centre_x = int(np.floor(negative.x_px + 0.5)) + jitter_x
+        centre_y = int(np.floor(negative.y_px + 0.5)) + jitter_y
+        if source == "tissue":
+            return _cut_square(self.tissue_sources[source_index].rgb, centre_x, centre_y, CROP_SIZE_PX)
+        crop = self.crops[source_index].copy()
+        # Pixel (i, j) covers [i, i + 1); the figure centre is the crop's middle, 64.0.
+        yy, xx = np.indices(crop.shape[:2]) + 0.5
+        half = CROP_SIZE_PX / 2
+        crop[np.hypot(xx - half, yy - half) <= cfg.figure_mask_px] = 0
+        return _cut_square(crop, centre_x, centre_y, CROP_SIZE_PX)
 
     def _jitter_stain(self, rgb: np.ndarray, scale: float, shift: float, rng: np.random.Generator) -> np.ndarray:
         return hed_jitter(rgb, rng.uniform(1 - scale, 1 + scale, 3), rng.uniform(-shift, shift, 3))
@@ -338,7 +442,11 @@ class CanvasGenerator:
         num_negatives = max(1, num_figures * cfg.negatives_per_figure) + int(rng.integers(0, 2))
         pieces = [("figure", self.crops[int(rng.integers(len(self.crops)))]) for _ in range(num_figures)]
         for _ in range(num_negatives):
-            if rng.random() < cfg.control_share:
+            # The short-circuit keeps the random draws, and so the canvases, unchanged without hard negatives.
+            if self.hard_negatives and cfg.hard_negative_share > 0 and rng.random() < cfg.hard_negative_share:
+                index = int(rng.integers(len(self.hard_negatives)))
+                pieces.append(("hard negative", self.cut_hard_negative(index, rng)))
+            elif rng.random() < cfg.control_share:
                 crop = self.crops[int(rng.integers(len(self.crops)))]
                 pieces.append(("control", control_square(crop)))
             else:

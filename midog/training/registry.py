@@ -18,14 +18,46 @@ from mmengine.dataset import Compose
 from mmengine.hooks import Hook
 from torch.utils.data import Dataset
 
+from midog.training import midogpp  # noqa: F401  (registers the MIDOG++ components)
 from midog.training.checkpoint import register_safe_loader
-from midog.training.crops import CanvasConfig, CanvasGenerator, list_crops, load_tissue_sources, split_crops
+from midog.training.crops import (
+    CanvasConfig,
+    CanvasGenerator,
+    HardNegative,
+    list_crops,
+    load_tissue_sources,
+    split_crops,
+)
 
 __all__ = ["MitoticCanvasDataset", "PhotometricAugment", "ProgressBarHook"]
 
 logger = logging.getLogger(__name__)
 
 register_safe_loader()
+
+
+def _read_hard_negatives(path: Path, crops_dir: Path) -> list[HardNegative]:
+    """Read a negatives file as ``HardNegative`` locations; crop names become paths below ``crops_dir``."""
+    from midog.errors import AnnotationError
+    from midog.training.mining import read_negatives
+
+    table = read_negatives(path)
+    if "kept" in table.columns:
+        # A candidates file: only the rows chosen by undersampling are negatives.
+        table = table[table["kept"].astype(str).str.lower() == "true"]
+    wrong = table[~table["source"].isin(["crop", "tissue"])]
+    if len(wrong):
+        raise AnnotationError(
+            f"negatives file {path} has {len(wrong)} rows of source {wrong['source'].iloc[0]!r}; canvases "
+            "take only 'crop' and 'tissue' negatives from tools/mine_default_model.py"
+        )
+    negatives = []
+    for row in table.itertuples(index=False):
+        name = str(crops_dir / row.image) if row.source == "crop" else str(row.image)
+        negatives.append(HardNegative(str(row.source), name, float(row.x), float(row.y)))
+    counts = table["source"].value_counts().to_dict()
+    logger.info("hard negatives from %s: %s", path, ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return negatives
 
 
 @DATASETS.register_module()
@@ -47,6 +79,11 @@ class MitoticCanvasDataset(Dataset):
         pipeline: mmdet transforms applied after generation, ending with
             ``PackDetInputs``.
         seed: seed of the canvases.
+        hard_negatives_file: negatives file written by
+            ``tools/mine_default_model.py`` (``midog.training.mining``); a
+            share ``canvas["hard_negative_share"]`` of the unlabelled squares
+            are cut around its locations. Every row must name a crop of this
+            split or a training tissue source. None trains without.
     """
 
     def __init__(
@@ -61,6 +98,7 @@ class MitoticCanvasDataset(Dataset):
         class_names: tuple[str, ...],
         pipeline: list[dict[str, Any]],
         seed: int = 0,
+        hard_negatives_file: str | None = None,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val' (the test crops are never trained on), got {split!r}")
@@ -77,8 +115,20 @@ class MitoticCanvasDataset(Dataset):
             len(splits["test"]),
             data_root_path,
         )
+        hard_negatives = None
+        if hard_negatives_file is not None:
+            hard_negatives = _read_hard_negatives(Path(hard_negatives_file), data_root_path / "mf_crops")
+        elif canvas.get("hard_negative_share", 0.0) > 0:
+            logger.warning(
+                "canvas hard_negative_share is %s but no hard_negatives_file is given; the canvases get "
+                "no hard negatives (set train_dataloader.dataset.hard_negatives_file)",
+                canvas["hard_negative_share"],
+            )
         self.generator = CanvasGenerator(
-            [r.path for r in records], load_tissue_sources(data_root_path, "train"), CanvasConfig(**canvas)
+            [r.path for r in records],
+            load_tissue_sources(data_root_path, "train"),
+            CanvasConfig(**canvas),
+            hard_negatives,
         )
         self.length = int(length)
         self.seed = int(seed)
@@ -163,7 +213,15 @@ class ProgressBarHook(Hook):
     def before_train(self, runner) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=runner.max_iters, initial=runner.iter, desc="train", unit="iter", dynamic_ncols=True)
+        # Only the first process of a distributed run shows the bar.
+        self._bar = tqdm(
+            total=runner.max_iters,
+            initial=runner.iter,
+            desc="train",
+            unit="iter",
+            dynamic_ncols=True,
+            disable=runner.rank != 0,
+        )
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         self._bar.update(1)
