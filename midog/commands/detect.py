@@ -21,12 +21,20 @@ EPILOG = """outputs per slide, in --output:
   <stem>.csv                   figures at or above the threshold (image,x,y,label,score; level-0 px)
   <stem>.geojson               the same figures as QuPath point detections
   <stem>.mitotic-figures.json  every candidate in the MIDOG challenge format, named by the threshold
-  <stem>.summary.json          counts, tissue area, settings and timing
+  <stem>.summary.json          counts, tissue area, settings and timing; written last
+  <stem>.journal.jsonl         progress of an unfinished slide, removed when its outputs are written
+
+A slide's outputs are complete when <stem>.summary.json exists and <stem>.journal.jsonl does not.
+After an interrupted run, the same command with --resume continues each slide from its journal
+and skips slides whose outputs are complete. It rejects a journal made with another slide file,
+model, tile size or overlap, and complete outputs made with other settings or another threshold.
 
 examples:
   midog detect slide.svs --output out/
   midog detect slides/*.mrxs --workers 4 --device cuda --output out/
   midog detect region.tiff --mpp 0.25 --threshold 0.6 --output out/
+  midog detect slides/*.svs --output out/ --resume
+  midog detect slide.svs --precision int8 --output out/
 """
 
 DEFAULT_OUTPUT_DIR = Path("midog-output")
@@ -67,6 +75,8 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``detect`` subcommand to the ``midog`` parser."""
+    from midog.inference.pipeline import DEFAULT_READ_THREADS
+    from midog.inference.precision import PRECISIONS
     from midog.inference.runner import MIN_TILE_SIZE_PX
 
     parser = subparsers.add_parser(
@@ -136,10 +146,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="processes that read tiles; 0 reads them in the main process (default: 0)",
     )
     parser.add_argument(
+        "--read-threads",
+        type=_int_at_least(0),
+        default=DEFAULT_READ_THREADS,
+        metavar="N",
+        help="threads that read tiles ahead of the model when --workers is 0; 0 reads them between model "
+        f"calls (default: {DEFAULT_READ_THREADS})",
+    )
+    parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
         help="where the model runs; auto uses CUDA when onnxruntime offers it (default: auto)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="model variant: fp32, or the fp16 or int8 file written beside the model by "
+        "'python -m midog.training.quantize'; auto takes the variant measured best for the device, "
+        "fp32 where none was written (default: auto)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue interrupted slides from their journals and skip slides whose outputs are complete",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar per slide")
 
@@ -181,7 +212,8 @@ def _check_unique_stems(slides: list[Path], output_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``midog detect`` on the parsed arguments; return the exit code."""
-    from midog.inference.onnx_detector import load_detector
+    from midog.inference.onnx_detector import default_model_path, load_detector
+    from midog.inference.precision import resolve_model_path
     from midog.inference.runner import check_output_dir, detect_slide
     from midog.io.slide import open_slide
 
@@ -193,10 +225,14 @@ def run(args: argparse.Namespace) -> int:
     for slide in slides:
         with open_slide(slide, args.mpp):
             pass
-    detector = load_detector(args.model, device=args.device)
+    base_model = args.model if args.model is not None else default_model_path()
+    model_path, precision = resolve_model_path(base_model, args.precision, args.device)
+    # None loads the shipped model, whose absence load_detector reports.
+    detector = load_detector(None if model_path == default_model_path() else model_path, device=args.device)
     logger.info(
-        "Model %s: %g µm/px, threshold %g",
-        args.model or "shipped with midog",
+        "Model %s (%s): %g µm/px, threshold %g",
+        model_path if args.model is not None else f"{model_path.name}, shipped with midog",
+        precision,
         detector.mpp,
         detector.score_thresh,
     )
@@ -212,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
             overlap_px=args.overlap,
             batch_size=args.batch_size,
             workers=args.workers,
+            read_threads=args.read_threads,
+            resume=args.resume,
             progress=not args.no_progress,
         )
         print(summary_line(result), flush=True)
