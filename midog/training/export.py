@@ -168,6 +168,10 @@ def export_onnx(
                 },
                 opset_version=ONNX_OPSET,
                 dynamo=False,
+                # Folding would merge each level's BN into the head convolutions that RTMDet shares
+                # across levels, storing them three times (40.2 MB instead of 35.7 MB). onnxruntime
+                # fuses Conv and BN when it loads the graph, so inference speed is the same.
+                do_constant_folding=False,
             )
         proto = onnx.load(temp_name)
         for key, value in _metadata(cfg, score_thresh).items():
