@@ -324,7 +324,9 @@ class MidogppPatchDataset(Dataset):
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         if not self.images_dir.is_dir():
-            raise MidogError(f"images_dir {self.images_dir} is not a folder; pass the image folder (--images)")
+            raise MidogError(
+                f"images_dir {self.images_dir} is not a folder; pass the image folder (--images)"
+            )
         self.patch_size_px = patch_size_pair(patch_size)
         self.box_size_px = float(box_size_px)
         if not self.box_size_px > 0:

@@ -745,10 +745,10 @@ def test_train_command_reports_missing_images(midogpp_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------------
 
 
-def _losses(work_dir: Path) -> list[float]:
+def _losses(work_dir: Path, key: str) -> list[float]:
     scalars = max(work_dir.glob("*/vis_data/scalars.json"))
     rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
-    return [row["loss"] for row in rows if "loss" in row]
+    return [row[key] for row in rows if key in row]
 
 
 @pytest.mark.train
@@ -773,14 +773,21 @@ def test_tiny_training_loss_falls(scaled_set, tmp_path):
         ]
     )
     seconds = time.perf_counter() - start
-    losses = _losses(work_dir)
-    # RTMDet weights both losses by the IoU of its own boxes, so they start near 0 and climb
-    # while the first boxes form. The comparison therefore starts after the 5 warm-up iterations.
+    losses = _losses(work_dir, "loss")
+    box_losses = _losses(work_dir, "loss_bbox")
+    # RTMDet weights its losses by the IoU of its own boxes, so they start near 0 and climb while
+    # the first boxes form, and the classification loss keeps climbing while the boxes improve.
+    # The comparison therefore starts after the 5 warm-up iterations.
     early, late = np.mean(losses[5:15]), np.mean(losses[-10:])
-    print(f"tiny MIDOG++ training: {len(losses)} iterations in {seconds:.0f} s, loss {early:.3f} -> {late:.3f}")
+    early_box, late_box = np.mean(box_losses[5:15]), np.mean(box_losses[-10:])
+    print(
+        f"tiny MIDOG++ training: {len(losses)} iterations in {seconds:.0f} s, loss {early:.3f} -> {late:.3f}, "
+        f"box loss {early_box:.3f} -> {late_box:.3f}"
+    )
     assert code == 0
     assert len(losses) == 60
-    assert late < 0.85 * early
+    assert late < early
+    assert late_box < 0.75 * early_box
 
     checkpoint = load_checkpoint(work_dir / "iter_60.pth")
     ema_weights = checkpoint["ema_state_dicts"]["0.05"]
