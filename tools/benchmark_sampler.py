@@ -196,7 +196,11 @@ def markdown(rows: list[tuple[int, float]], step_s: float, args: argparse.Namesp
     for num_workers, patches_per_s in rows:
         batch_s = args.batch_size / patches_per_s
         lines.append(f"| {num_workers} | {patches_per_s:.2f} | {batch_s:.2f} | {step_s / batch_s:.1f} |")
-    lines += ["", step, ""]
+    gpu = (
+        "A GPU takes far less time per step, and this benchmark does not measure one: for GPU training, "
+        "the patches/s above must exceed the batch size divided by the GPU's step time."
+    )
+    lines += ["", step, "", gpu, ""]
     if args.note:
         lines += [args.note, ""]
     return "\n".join(lines)

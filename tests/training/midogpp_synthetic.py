@@ -1,8 +1,8 @@
 """Small images in the MIDOG++ layout, made from the real MIDOG++ JSON for tests.
 
-The MIDOG++ images themselves are not available, so the tests draw their own: each
+The MIDOG++ images themselves are not available, so the tests draw their own. Each
 chosen real image becomes a TIFF whose width, height and cell centres are the real
-ones divided by ``scale`` (4 by default, so a 7215x5412 px image becomes 1804x1353 px).
+ones divided by ``scale``. The default of 4 turns a 7215x5412 px image into 1804x1353 px.
 Mitotic figures are dark purple discs and imposters paler purple discs on a pink,
 slightly noisy background. The written annotation file keeps the MIDOG++ format (50x50
 px ``bbox`` around each scaled centre, ``labels`` votes, ``tumor_type``), so
@@ -103,12 +103,12 @@ def write_scaled_midogpp(
         ``(images_dir, annotation_file)``.
     """
     data = json.loads(midogpp_json.read_text())
-    wanted = set(image_ids)
-    images = [dict(image) for image in data["images"] if image["id"] in wanted]
+    requested = set(image_ids)
+    images = [dict(image) for image in data["images"] if image["id"] in requested]
     annotations = []
     cells_by_image: dict[int, list[tuple[float, float, int]]] = {}
     for annotation in data["annotations"]:
-        if annotation["image_id"] not in wanted:
+        if annotation["image_id"] not in requested:
             continue
         x1, y1, x2, y2 = annotation["bbox"]
         x, y = (x1 + x2) / 2 / scale, (y1 + y2) / 2 / scale

@@ -552,7 +552,7 @@ def test_dataset_workers_match_main_process(scaled_set, context):
     pipeline = [dict(type="StainAugment", hed_p=1.0, hsv_p=1.0), dict(type="PackDetInputs")]
     dataset = _dataset(images_dir, annotation_file, pipeline=pipeline)
     expected = _items_through_loader(dataset, 0, None)
-    # The parent now holds open readers, which forked workers must not share.
+    # The parent now has open readers, which forked workers must not share.
     assert len(dataset._readers) > 0
     got = _items_through_loader(dataset, 2, context)
     assert [item[0] for item in got] == list(range(8))
