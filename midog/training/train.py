@@ -10,6 +10,9 @@ __all__ = ["load_config", "train"]
 
 logger = logging.getLogger(__name__)
 
+# Training runs started in this process; see train().
+_runs_started = 0
+
 
 def load_config(config_path: str | Path, overrides: dict[str, Any] | None = None):
     """Load an mmdet-style config file and apply ``key.sub=value`` overrides.
@@ -72,6 +75,14 @@ def train(
         # RTMDet converts BN to SyncBatchNorm in distributed runs, and SyncBatchNorm needs GPUs.
         cfg.model.use_syncbn = False
     cfg.work_dir = str(work_dir)
+    # mmengine names its logger and visualizer after the config and the second
+    # the run starts, and hands back an existing instance of that name, so a
+    # second run started within the same second in this process would write its
+    # scalars into the first run's folder. A per-process count keeps the names
+    # apart and equal on all ranks.
+    global _runs_started
+    _runs_started += 1
+    cfg.experiment_name = f"{Path(config_path).stem}_run{_runs_started}"
     cfg.resume = resume
     cfg.launcher = launcher
     runner = Runner.from_cfg(cfg)

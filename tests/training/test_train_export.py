@@ -62,6 +62,34 @@ def test_train_writes_checkpoint(tiny_run):
     assert (work_dir / "last_checkpoint").is_file()
 
 
+def test_runs_started_in_one_second_keep_their_logs_apart(shared_data, tmp_path, monkeypatch):
+    # mmengine names a run's logger and visualizer after the config and the
+    # second it starts, and reuses an instance of the same name; two runs in
+    # one process and one second used to write their scalars to the first
+    # run's folder.
+    import time
+
+    from midog.training.train import train
+
+    strftime = time.strftime
+
+    def same_second(fmt, *args):
+        return "20261205_000000" if fmt == "%Y%m%d_%H%M%S" else strftime(fmt, *args)
+
+    monkeypatch.setattr(time, "strftime", same_second)
+    overrides = {
+        "train_dataloader.dataset.data_root": str(shared_data),
+        "train_cfg.max_iters": 1,
+        "default_hooks.logger.interval": 1,
+    }
+    for name in ("first", "second"):
+        train(TINY_CONFIG, tmp_path / name, overrides)
+    for name in ("first", "second"):
+        scalars = list((tmp_path / name).glob("*/vis_data/scalars.json"))
+        assert len(scalars) == 1, name
+        assert len(scalars[0].read_text().splitlines()) == 1, name
+
+
 def test_train_resume_uses_safe_loader(tiny_run, shared_data):
     from midog.training.train import train
 
