@@ -16,7 +16,7 @@ import math
 import os
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,10 @@ _MIDOG_VERSION = {"major": 1, "minor": 0}
 # detections as CSV or GeoJSON instead.
 MAX_MIDOG_COORDINATE_MM = 10.0
 
+# Detections converted to Python objects at a time while writing, so that the
+# writers' memory does not grow with the number of detections.
+_ROWS_PER_CHUNK = 4096
+
 # QuPath class colours as RGB, 0-255.
 _CLASS_COLORS_RGB = {
     MIDOG_MITOTIC_FIGURE: (220, 20, 60),
@@ -103,6 +107,14 @@ def _class_names_per_detection(path: Path, detections: Detections) -> list[str]:
     return [detections.class_names[int(label)] for label in detections.labels]
 
 
+def _iter_rows(xy: np.ndarray, scores: np.ndarray) -> Iterator[tuple[float, float, np.float32]]:
+    """Yield ``(x, y, score)`` per detection, converting a few thousand rows to Python floats at a time."""
+    for start in range(0, len(xy), _ROWS_PER_CHUNK):
+        chunk = slice(start, start + _ROWS_PER_CHUNK)
+        for (x, y), score in zip(xy[chunk].tolist(), scores[chunk], strict=True):
+            yield x, y, score
+
+
 def _plain_score(score: np.floating | float) -> float:
     """Return a score as a Python float with the shortest decimal form of its float32 value."""
     # str() of a float32 is its shortest round-trip form: 0.91 rather than 0.9100000262260437.
@@ -124,6 +136,39 @@ def _dump_json(path: Path, obj: Any) -> None:
         raise OutputError(f"Failed to write {path}: {exc}") from exc
     with atomic_output(path) as temporary_path:
         temporary_path.write_text(text + "\n", encoding="utf-8")
+
+
+def _dump_json_with_items(path: Path, obj: dict[str, Any], key: str, items: Iterable[dict[str, Any]]) -> None:
+    """Write ``obj`` with ``obj[key]`` replaced by ``items``, atomically, one item at a time.
+
+    The text is the same as ``json.dumps`` with ``indent=1`` of the whole
+    object gives, but only one item is held as JSON at a time, so the memory
+    of a slide's 100,000 candidates does not depend on their number.
+    NaN or infinity raises OutputError.
+    """
+    marker = f'"{key}": []'
+    try:
+        text = json.dumps({**obj, key: []}, allow_nan=False, indent=1)
+    except (TypeError, ValueError) as exc:
+        raise OutputError(f"Failed to write {path}: {exc}") from exc
+    head, found, tail = text.partition(marker)
+    if not found:
+        raise AssertionError(f"{marker} missing from the JSON of {path}")
+    with (
+        atomic_output(path) as temporary_path,
+        temporary_path.open("w", encoding="utf-8") as file,
+    ):
+        file.write(head + f'"{key}": [')
+        separator = "\n"
+        for item in items:
+            try:
+                item_text = json.dumps(item, allow_nan=False, indent=1)
+            except (TypeError, ValueError) as exc:
+                raise OutputError(f"Failed to write {path}: {exc}") from exc
+            file.write(separator + "  " + item_text.replace("\n", "\n  "))
+            separator = ",\n"
+        file.write("]" if separator == "\n" else "\n ]")
+        file.write(tail + "\n")
 
 
 def _is_real_number(value: object) -> bool:
@@ -210,7 +255,9 @@ def write_detections_csv(path: str | Path, detections: Detections, image: str) -
     ):
         writer = csv.writer(file)
         writer.writerow(CSV_COLUMNS)
-        for (l0_x, l0_y), name, score in zip(detections.xy.tolist(), names, detections.scores, strict=True):
+        for (l0_x, l0_y, score), name in zip(
+            _iter_rows(detections.xy, detections.scores), names, strict=True
+        ):
             writer.writerow([image, repr(l0_x), repr(l0_y), name, repr(_plain_score(score))])
 
 
@@ -277,10 +324,11 @@ def write_qupath_geojson(path: str | Path, detections: Detections, mpp: float) -
     names = _class_names_per_detection(path, detections)
 
     # QuPath 0.4 and later read the id as a UUID and measurements as a name-to-value object.
-    features = []
-    for (l0_x, l0_y), name, score in zip(detections.xy.tolist(), names, detections.scores, strict=True):
-        features.append(
-            {
+    def features() -> Iterator[dict[str, Any]]:
+        for (l0_x, l0_y, score), name in zip(
+            _iter_rows(detections.xy, detections.scores), names, strict=True
+        ):
+            yield {
                 "type": "Feature",
                 "id": str(uuid.uuid4()),
                 "geometry": {"type": "Point", "coordinates": [l0_x, l0_y]},
@@ -290,8 +338,8 @@ def write_qupath_geojson(path: str | Path, detections: Detections, mpp: float) -
                     "measurements": {"score": _plain_score(score)},
                 },
             }
-        )
-    _dump_json(path, {"type": "FeatureCollection", "features": features})
+
+    _dump_json_with_items(path, {"type": "FeatureCollection", "features": []}, "features", features())
 
 
 def validate_midog_json(obj: object, max_coordinate_mm: float | None = MAX_MIDOG_COORDINATE_MM) -> None:
@@ -416,18 +464,21 @@ def write_midog_json(
         detections = detections.select(is_mitotic_class)
 
     xy_mm = mm_from_px(detections.xy, mpp)
-    points = []
-    for (x_mm, y_mm), score in zip(xy_mm.tolist(), detections.scores, strict=True):
-        probability = _plain_score(score)
-        name = MIDOG_MITOTIC_FIGURE if score >= threshold else MIDOG_NON_MITOTIC_FIGURE
-        points.append({"name": name, "point": [x_mm, y_mm, 0], "probability": probability})
-    result = {"name": _MIDOG_NAME, "type": _MIDOG_TYPE, "points": points, "version": dict(_MIDOG_VERSION)}
+    result = {"name": _MIDOG_NAME, "type": _MIDOG_TYPE, "points": [], "version": dict(_MIDOG_VERSION)}
 
-    try:
-        validate_midog_json(result, max_coordinate_mm)
-    except OutputError as exc:
-        raise OutputError(f"Failed to write {path}: {exc}") from exc
-    _dump_json(path, result)
+    def points() -> Iterator[dict[str, Any]]:
+        for index, (x_mm, y_mm, score) in enumerate(_iter_rows(xy_mm, detections.scores)):
+            name = MIDOG_MITOTIC_FIGURE if score >= threshold else MIDOG_NON_MITOTIC_FIGURE
+            point = {"name": name, "point": [x_mm, y_mm, 0], "probability": _plain_score(score)}
+            try:
+                _validate_midog_point(index, point, max_coordinate_mm)
+            except OutputError as exc:
+                raise OutputError(f"Failed to write {path}: {exc}") from exc
+            yield point
+
+    # The points are checked and written one at a time; an invalid one
+    # leaves no file, since the output is renamed into place only when complete.
+    _dump_json_with_items(path, result, "points", points())
 
 
 def read_midog_json(path: str | Path, mpp: float) -> Detections:

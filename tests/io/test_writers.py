@@ -444,3 +444,38 @@ def test_midog_read_not_json(tmp_path):
 def test_midog_read_missing(tmp_path):
     with pytest.raises(AnnotationError, match="not found"):
         read_midog_json(tmp_path / "missing.json", mpp=0.25)
+
+
+@pytest.mark.parametrize("count", [0, 1, 5000])
+def test_streamed_json_matches_plain_dump(tmp_path, count):
+    # The JSON writers write one point at a time, in chunks of rows; the text
+    # must be what json.dumps(indent=1) gives for the whole object.
+    rng = np.random.default_rng(count)
+    detections = Detections(
+        xy=rng.uniform(0, 30000, (count, 2)),
+        scores=rng.uniform(0, 1, count).astype(np.float32),
+        labels=np.zeros(count, dtype=np.int64),
+    )
+    midog_path, geojson_path = tmp_path / "points.json", tmp_path / "points.geojson"
+    write_midog_json(midog_path, detections, mpp=0.25, threshold=0.5, max_coordinate_mm=None)
+    write_qupath_geojson(geojson_path, detections, mpp=0.25)
+    for path, key in ((midog_path, "points"), (geojson_path, "features")):
+        text = path.read_text(encoding="utf-8")
+        loaded = json.loads(text)
+        assert text == json.dumps(loaded, indent=1) + "\n"
+        assert len(loaded[key]) == count
+    scores = [point["probability"] for point in json.loads(midog_path.read_text())["points"]]
+    np.testing.assert_array_equal(np.float32(scores), detections.scores)
+
+
+def test_midog_invalid_point_late_in_stream_leaves_nothing(tmp_path):
+    count = 10000
+    xy = np.full((count, 2), 100.0)
+    xy[-1] = (1e6, 100.0)  # 250 mm at 0.25 µm/px, past the bound
+    detections = Detections(
+        xy=xy, scores=np.full(count, 0.9, dtype=np.float32), labels=np.zeros(count, dtype=np.int64)
+    )
+    path = tmp_path / "points.json"
+    with pytest.raises(OutputError, match=f"point {count - 1} "):
+        write_midog_json(path, detections, mpp=0.25, threshold=0.5)
+    assert list(tmp_path.iterdir()) == []
