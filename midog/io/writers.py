@@ -61,8 +61,8 @@ _MIDOG_VERSION = {"major": 1, "minor": 0}
 # detections as CSV or GeoJSON instead.
 MAX_MIDOG_COORDINATE_MM = 10.0
 
-# Detections converted to Python objects at a time while writing, so that the
-# writers' memory does not grow with the number of detections.
+# Rows of detections converted to Python objects at once while writing, so
+# that the writers' memory does not grow with the number of detections.
 _ROWS_PER_CHUNK = 4096
 
 # QuPath class colours as RGB, 0-255.
@@ -141,9 +141,9 @@ def _dump_json(path: Path, obj: Any) -> None:
 def _dump_json_with_items(path: Path, obj: dict[str, Any], key: str, items: Iterable[dict[str, Any]]) -> None:
     """Write ``obj`` with ``obj[key]`` replaced by ``items``, atomically, one item at a time.
 
-    The text is the same as ``json.dumps`` with ``indent=1`` of the whole
-    object gives, but only one item is held as JSON at a time, so the memory
-    of a slide's 100,000 candidates does not depend on their number.
+    The text equals ``json.dumps(..., indent=1)`` of the whole object, but
+    only one item is held as JSON at a time, so the memory needed for a
+    slide's 100,000 candidates does not grow with their number.
     NaN or infinity raises OutputError.
     """
     marker = f'"{key}": []'
@@ -476,8 +476,8 @@ def write_midog_json(
                 raise OutputError(f"Failed to write {path}: {exc}") from exc
             yield point
 
-    # The points are checked and written one at a time; an invalid one
-    # leaves no file, since the output is renamed into place only when complete.
+    # Each point is checked just before it is written. An invalid point leaves
+    # no file, because the output is renamed into place only when complete.
     _dump_json_with_items(path, result, "points", points())
 
 
