@@ -59,6 +59,23 @@ def decode_points(height: int, width: int, strides: tuple[int, ...]) -> tuple[np
     return np.concatenate(points), np.concatenate(point_strides)
 
 
+# Up to this many boxes, NMS computes all pairwise IoUs at once, which takes
+# about 30 MiB of temporary float32 arrays at 1024 boxes. More boxes are
+# compared with the kept box one row at a time.
+_PAIRWISE_NMS_MAX_BOXES = 1024
+
+
+def _pairwise_iou(boxes: np.ndarray, areas: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Return the IoU of ``boxes[rows]`` with every box, ``(len(rows), N)``; 0 where the union is empty."""
+    x1 = np.maximum(boxes[rows, None, 0], boxes[None, :, 0])
+    y1 = np.maximum(boxes[rows, None, 1], boxes[None, :, 1])
+    x2 = np.minimum(boxes[rows, None, 2], boxes[None, :, 2])
+    y2 = np.minimum(boxes[rows, None, 3], boxes[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    union = areas[rows, None] + areas[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
     """Greedy NMS; return the kept indices, highest score first.
 
@@ -70,17 +87,21 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
     order = np.argsort(-scores, kind="stable")
     areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     keep = []
+    if len(order) <= _PAIRWISE_NMS_MAX_BOXES:
+        overlapping = _pairwise_iou(boxes, areas, np.arange(len(order))) > iou_thresh
+        suppressed = np.zeros(len(order), dtype=bool)
+        for i in order.tolist():
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            suppressed |= overlapping[i]
+        return np.asarray(keep, dtype=np.int64)
+
     while order.size:
         i = order[0]
         keep.append(i)
         rest = order[1:]
-        x1 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        y1 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        x2 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        y2 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        union = areas[i] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        iou = _pairwise_iou(boxes, areas, np.asarray([i]))[0, rest]
         order = rest[iou <= iou_thresh]
     return np.asarray(keep, dtype=np.int64)
 

@@ -96,3 +96,36 @@ def test_postprocess_rejects_wrong_point_count():
     logits, distances = _head_outputs(64, 64)
     with pytest.raises(ValueError, match="head outputs have"):
         postprocess(logits, distances, 96, 64, PostprocessConfig())
+
+
+def _reference_nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> list[int]:
+    """Greedy NMS written out box by box in plain Python."""
+
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = width * height
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    keep: list[int] = []
+    for index in sorted(range(len(scores)), key=lambda i: (-scores[i], i)):
+        if all(iou(boxes[index], boxes[kept]) <= iou_thresh for kept in keep):
+            keep.append(index)
+    return keep
+
+
+@pytest.mark.parametrize("count", [2, 40, 400, 1100])
+def test_nms_matches_reference(count, monkeypatch):
+    # NMS compares all pairs at once up to 1024 boxes and row by row above.
+    # Both ways must keep what plain greedy NMS keeps, ties included.
+    rng = np.random.default_rng(count)
+    corners = rng.uniform(0, 200, (count, 2))
+    sizes = rng.uniform(0, 30, (count, 2))
+    boxes = np.concatenate([corners, corners + sizes], axis=1).astype(np.float64)
+    scores = rng.choice(np.linspace(0.1, 0.9, 9), count)
+    expected = _reference_nms(boxes, scores, 0.3)
+
+    assert nms(boxes, scores, 0.3).tolist() == expected
+    monkeypatch.setattr("midog.inference.postprocess._PAIRWISE_NMS_MAX_BOXES", 0)
+    assert nms(boxes, scores, 0.3).tolist() == expected
