@@ -109,7 +109,7 @@ class OnnxDetector:
         self._check_signature()
         self._read_metadata()
         # On CUDA, IO binding copies each batch to the GPU once and the outputs
-        # straight into host arrays. On CPU plain session.run is as fast.
+        # straight into host arrays. On CPU it would save no copy.
         self._bound_runner = (
             IoBindingRunner(self.session, INPUT_NAME, OUTPUT_NAMES)
             if self.session.get_providers()[0] != "CPUExecutionProvider"
