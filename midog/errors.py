@@ -13,6 +13,7 @@ __all__ = [
     "ModelError",
     "AnnotationError",
     "OutputError",
+    "ManifestError",
 ]
 
 
@@ -42,3 +43,7 @@ class AnnotationError(MidogError):
 
 class OutputError(MidogError):
     """An output location is not writable, or an output failed validation."""
+
+
+class ManifestError(MidogError):
+    """A manifest CSV of slides is unreadable, lacks its ``path`` column, or has an invalid value."""

@@ -3,10 +3,12 @@
 ``run_cohort`` takes slides from folders, glob patterns, manifest CSVs or
 paths (see ``list_slides``) and for each slide:
 
-1. skips it when a previous run left complete outputs with the same settings;
+1. skips it when a previous run left complete outputs with the same settings
+   and model;
 2. runs ``detect_slide`` and writes its outputs;
-3. finds the mitotic-count hotspot on the figures and the tissue mask and
-   writes ``<stem>.hotspot.geojson`` and ``<stem>.thumbnail.png``.
+3. finds the mitotic-count hotspot on the figures and the tissue mask,
+   writes ``<stem>.hotspot.geojson`` and ``<stem>.thumbnail.png``, and last
+   adds the hotspot to ``<stem>.summary.json``.
 
 A slide that raises is logged and tried again up to ``retries`` more times;
 the other slides go on. ``cohort_summary.csv`` in the output folder lists
@@ -29,21 +31,33 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from midog.errors import MidogError, ModelError, OutputError, SlideOpenError
+from midog.errors import ManifestError, MidogError, ModelError, OutputError, SlideOpenError
 from midog.inference.detector import TileDetector
 from midog.inference.hotspot import (
     DEFAULT_MIN_TISSUE_SHARE,
     DEFAULT_STEP_UM,
+    Hotspot,
     HotspotShape,
     find_hotspot,
+    hotspot_record,
     read_hotspot_geojson,
     write_hotspot_geojson,
 )
+from midog.inference.pipeline import DEFAULT_READ_THREADS
+from midog.inference.precision import (
+    AUTO_PRECISION,
+    PRECISIONS,
+    PrecisionChoice,
+    precision_of_path,
+    resolve_model_path,
+    variant_path,
+)
+from midog.inference.resume import file_sha256, journal_path
 from midog.inference.runner import check_output_dir, detect_slide, slide_outputs
 from midog.inference.thumbnail import draw_overview, read_overview, write_png
 from midog.io.writers import MIDOG_MITOTIC_FIGURE, atomic_output
@@ -52,7 +66,6 @@ __all__ = [
     "SLIDE_SUFFIXES",
     "COHORT_TABLE_NAME",
     "TABLE_COLUMNS",
-    "ManifestError",
     "SlideSpec",
     "SlideSettings",
     "CohortRow",
@@ -97,6 +110,7 @@ TABLE_COLUMNS = (
     "status",
     "attempts",
     "error",
+    "threshold",
     "num_figures",
     "tissue_area_mm2",
     "figures_per_mm2",
@@ -110,10 +124,6 @@ TABLE_COLUMNS = (
 Status = Literal["done", "failed", "skipped"]
 
 _GLOB_CHARACTERS = frozenset("*?[")
-
-
-class ManifestError(MidogError):
-    """A manifest CSV is missing its ``path`` column or has an invalid value."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,11 @@ class SlideSettings:
         overlap_px: tile overlap in model px, see ``detect_slide``.
         batch_size: tiles per detector call.
         workers: tile-reading processes per slide; 0 reads in the slide's process.
+        read_threads: threads reading tiles ahead of the detector when
+            ``workers`` is 0, see ``detect_slide``.
+        resume: continue a slide from the journal of an interrupted run, see
+            ``detect_slide``. Slides with complete outputs are skipped by
+            ``finished_row`` whether or not this is set.
         hotspot_shape: the counting window.
         min_tissue_share: minimum tissue share of the hotspot window, 0-1.
         hotspot_step_um: spacing of the hotspot window centres tried, in µm.
@@ -153,6 +168,8 @@ class SlideSettings:
     overlap_px: int = 64
     batch_size: int = 8
     workers: int = 0
+    read_threads: int = DEFAULT_READ_THREADS
+    resume: bool = False
     hotspot_shape: HotspotShape = field(default_factory=HotspotShape)
     min_tissue_share: float = DEFAULT_MIN_TISSUE_SHARE
     hotspot_step_um: float = DEFAULT_STEP_UM
@@ -179,6 +196,7 @@ class CohortRow:
             attempt) or "skipped" (complete outputs of an earlier run).
         attempts: attempts made in this run; 0 for skipped slides.
         error: ``ExceptionType: message`` of the last failed attempt, else "".
+        threshold: score at or above which a candidate counted as a figure.
         num_figures: figures at or above the threshold.
         tissue_area_mm2: tissue area in mm².
         figures_per_mm2: figures per mm² of tissue; None without tissue.
@@ -195,6 +213,7 @@ class CohortRow:
     status: Status
     attempts: int = 0
     error: str = ""
+    threshold: float | None = None
     num_figures: int | None = None
     tissue_area_mm2: float | None = None
     figures_per_mm2: float | None = None
@@ -227,24 +246,68 @@ class OnnxDetectorFactory:
     """A picklable recipe for an ``OnnxDetector``, so Ray workers load the model themselves.
 
     Attributes:
-        model_path: the ``.onnx`` file; None uses the model shipped with midog.
+        model_path: the fp32 ``.onnx`` file, or one of its variants; None uses
+            the model shipped with midog.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         intra_op_threads: onnxruntime threads per operator; 0 lets onnxruntime choose.
+        precision: ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"int8"``. The
+            variant file is chosen when the detector is built, with
+            ``midog.inference.precision.resolve_model_path``, so that with
+            ``"auto"`` each Ray worker takes the variant for its own device.
     """
 
     model_path: Path | None = None
     device: str = "auto"
     intra_op_threads: int = 0
+    precision: PrecisionChoice = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(
+                f"precision must be 'auto' or one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
     def __call__(self) -> TileDetector:
+        """Load the model variant for this process's device.
+
+        Raises:
+            ModelError: the model or the requested variant is missing or invalid.
+        """
         from midog.inference.onnx_detector import OnnxDetector, default_model_path
 
-        path = default_model_path() if self.model_path is None else Path(self.model_path)
-        if self.model_path is None and not path.is_file():
+        base_path = default_model_path() if self.model_path is None else Path(self.model_path)
+        if self.model_path is None and not base_path.is_file():
             raise ModelError(
-                f"the default model {path} is missing from the installed package; pass --model FILE"
+                f"the default model {base_path} is missing from the installed package; pass --model FILE"
             )
-        return OnnxDetector(path, device=self.device, intra_op_threads=self.intra_op_threads)
+        path, precision = resolve_model_path(base_path, self.precision, self.device)
+        detector = OnnxDetector(path, device=self.device, intra_op_threads=self.intra_op_threads)
+        logger.info(
+            "Model %s (%s): %g µm/px, threshold %g",
+            path if self.model_path is not None else f"{path.name}, shipped with midog",
+            precision,
+            detector.mpp,
+            detector.score_thresh,
+        )
+        return detector
+
+    def model_sha256s(self) -> frozenset[str]:
+        """Return the SHA-256 of each existing model file that ``__call__`` may load.
+
+        That is the requested variant, or for ``"auto"`` the fp32 model and
+        the variants that ``AUTO_PRECISION`` names for any device.
+        """
+        from midog.inference.onnx_detector import default_model_path
+
+        base_path = default_model_path() if self.model_path is None else Path(self.model_path)
+        if precision_of_path(base_path) is not None:
+            candidates = [base_path]
+        elif self.precision == "auto":
+            auto_precisions = sorted(set(AUTO_PRECISION.values()))
+            candidates = [base_path, *(variant_path(base_path, precision) for precision in auto_precisions)]
+        else:
+            candidates = [variant_path(base_path, self.precision)]
+        return frozenset(file_sha256(path) for path in candidates if path.is_file())
 
 
 def _has_glob(text: str) -> bool:
@@ -267,7 +330,8 @@ def _parse_mpp(text: str, manifest: Path, line: int) -> float | None:
 def _read_manifest(manifest: Path) -> list[SlideSpec]:
     """Read a CSV with a ``path`` column and an optional ``mpp`` column.
 
-    Relative paths start at the manifest's folder.
+    Relative paths start at the manifest's folder. Every listed slide must
+    exist, so that a typing error stops the cohort before any slide runs.
     """
     try:
         text = manifest.read_text(encoding="utf-8-sig")
@@ -287,6 +351,8 @@ def _read_manifest(manifest: Path) -> list[SlideSpec]:
         path = Path(path_text).expanduser()
         if not path.is_absolute():
             path = manifest.parent / path
+        if not path.exists():
+            raise ManifestError(f"Manifest {manifest}, line {line}: slide {path} not found")
         specs.append(SlideSpec(path, _parse_mpp(record.get("mpp") or "", manifest, line)))
     if not specs:
         raise ManifestError(f"Manifest {manifest} lists no slides")
@@ -338,7 +404,8 @@ def list_slides(sources: SlideSpec | str | Path | Iterable[SlideSpec | str | Pat
 
     Raises:
         SlideOpenError: a path does not exist, or a folder or pattern has no slides.
-        ManifestError: a manifest has no ``path`` column, an empty path, or an invalid ``mpp``.
+        ManifestError: a manifest has no ``path`` column, an empty path, a slide
+            that does not exist, or an invalid ``mpp``.
     """
     if isinstance(sources, (str, Path, SlideSpec)):
         sources = [sources]
@@ -387,6 +454,19 @@ def _hotspot_fields(properties: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _add_hotspot_to_summary(summary_path: Path, hotspot: Hotspot | None, settings: SlideSettings) -> None:
+    """Rewrite the summary written by ``detect_slide`` with the hotspot and its search settings, atomically."""
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"Cannot read {summary_path} to add the hotspot: {exc}") from exc
+    summary["hotspot"] = None if hotspot is None else hotspot_record(hotspot)
+    summary["hotspot_search"] = settings.hotspot_search()
+    text = json.dumps(summary, indent=2)
+    with atomic_output(summary_path) as temporary_path:
+        temporary_path.write_text(text + "\n", encoding="utf-8")
+
+
 def process_slide(
     spec: SlideSpec,
     detector: TileDetector,
@@ -398,7 +478,9 @@ def process_slide(
     """Detect figures on one slide, find its hotspot and write all its outputs.
 
     Writes the ``detect_slide`` outputs, then ``<stem>.hotspot.geojson`` and
-    ``<stem>.thumbnail.png`` (figures and hotspot drawn).
+    ``<stem>.thumbnail.png`` (figures and hotspot drawn), and last rewrites
+    ``<stem>.summary.json`` with the ``hotspot`` and ``hotspot_search`` keys
+    that ``finished_row`` takes as the mark of complete outputs.
 
     Args:
         spec: the slide.
@@ -425,6 +507,8 @@ def process_slide(
         overlap_px=settings.overlap_px,
         batch_size=settings.batch_size,
         workers=settings.workers,
+        read_threads=settings.read_threads,
+        resume=settings.resume,
         progress=progress,
     )
 
@@ -451,12 +535,15 @@ def process_slide(
             settings.hotspot_shape.area_mm2,
             settings.min_tissue_share,
         )
+    # The summary is rewritten last, because its hotspot keys mark the slide complete.
+    _add_hotspot_to_summary(result.outputs.summary, hotspot, settings)
 
     return CohortRow(
         slide=spec.path.name,
         path=str(spec.path),
         status="done",
         attempts=1,
+        threshold=result.threshold,
         num_figures=result.num_figures,
         tissue_area_mm2=result.tissue_area_mm2,
         figures_per_mm2=result.figures_per_mm2,
@@ -469,18 +556,25 @@ def process_slide(
 
 
 def finished_row(
-    spec: SlideSpec, output_dir: str | Path, settings: SlideSettings | None = None
+    spec: SlideSpec,
+    output_dir: str | Path,
+    settings: SlideSettings | None = None,
+    *,
+    model_sha256s: Collection[str] | None = None,
 ) -> CohortRow | None:
     """Return a "skipped" row when an earlier run left complete outputs for the slide, else None.
 
     Outputs are complete when all of these hold:
 
-    - ``<stem>.summary.json`` is valid JSON with the counts, and every file
-      it lists exists;
-    - its tile size and overlap match ``settings``, and so does its
-      threshold where ``settings`` sets one;
-    - the hotspot GeoJSON and the thumbnail exist, and the GeoJSON was
-      written with the same hotspot settings.
+    - ``<stem>.summary.json`` is valid JSON with the counts and the
+      ``hotspot`` and ``hotspot_search`` keys that ``process_slide`` adds
+      last, every file it lists exists, and no ``<stem>.journal.jsonl`` is
+      left;
+    - its tile size and overlap match ``settings``, and so do its threshold
+      and level-0 µm/px where ``settings`` or ``spec`` set them;
+    - its model file's SHA-256 is in ``model_sha256s``, where given;
+    - the hotspot GeoJSON and the thumbnail exist, and the summary and the
+      GeoJSON were written with the same hotspot settings.
     """
     settings = SlideSettings() if settings is None else settings
     output_dir = Path(output_dir)
@@ -490,38 +584,68 @@ def finished_row(
         summary_path.is_file() and hotspot_file.is_file() and thumbnail_path(output_dir, spec.path).is_file()
     ):
         return None
+    if journal_path(output_dir, spec.path).exists():
+        return None
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        hotspot, search = read_hotspot_geojson(hotspot_file)
+        _, search = read_hotspot_geojson(hotspot_file)
     except (OSError, ValueError) as exc:
         logger.info("Slide %s: earlier outputs are unreadable (%s), so it runs again", spec.path, exc)
         return None
 
-    required = ("num_figures", "tissue_area_mm2", "figures_per_mm2", "seconds", "threshold", "outputs")
+    required = (
+        "num_figures",
+        "tissue_area_mm2",
+        "figures_per_mm2",
+        "seconds",
+        "threshold",
+        "mpp",
+        "outputs",
+        "hotspot",
+        "hotspot_search",
+    )
     if not isinstance(summary, dict) or any(key not in summary for key in required):
+        return None
+    if not isinstance(summary["hotspot"], (dict, type(None))):
         return None
     listed = summary["outputs"]
     if not isinstance(listed, dict) or not all(
         (output_dir / str(name)).is_file() for name in listed.values()
     ):
         return None
-    same_detection = (
-        summary.get("tile_size_px") == settings.tile_size_px
-        and summary.get("overlap_px") == settings.overlap_px
-        and (settings.threshold is None or math.isclose(float(summary["threshold"]), settings.threshold))
-    )
-    if not same_detection or search != settings.hotspot_search():
+    if not _same_settings(summary, spec, settings, model_sha256s) or search != settings.hotspot_search():
         logger.info("Slide %s: earlier outputs used other settings, so it runs again", spec.path)
         return None
     return CohortRow(
         slide=spec.path.name,
         path=str(spec.path),
         status="skipped",
+        threshold=summary["threshold"],
         num_figures=summary["num_figures"],
         tissue_area_mm2=summary["tissue_area_mm2"],
         figures_per_mm2=summary["figures_per_mm2"],
         seconds=summary["seconds"],
-        **_hotspot_fields(hotspot),
+        **_hotspot_fields(summary["hotspot"]),
+    )
+
+
+def _same_settings(
+    summary: Mapping[str, Any],
+    spec: SlideSpec,
+    settings: SlideSettings,
+    model_sha256s: Collection[str] | None,
+) -> bool:
+    """Tell whether a slide summary was written with ``settings``, the slide's µm/px and one of the models."""
+    mpp = spec.mpp if spec.mpp is not None else settings.mpp
+    run_settings = summary.get("run_settings")
+    model_sha256 = run_settings.get("model_sha256") if isinstance(run_settings, dict) else None
+    return (
+        summary.get("tile_size_px") == settings.tile_size_px
+        and summary.get("overlap_px") == settings.overlap_px
+        and (settings.threshold is None or math.isclose(float(summary["threshold"]), settings.threshold))
+        and (mpp is None or math.isclose(float(summary["mpp"]), mpp))
+        and (model_sha256s is None or model_sha256 in model_sha256s)
+        and summary.get("hotspot_search") == settings.hotspot_search()
     )
 
 
@@ -605,7 +729,7 @@ def _log_row(row: CohortRow) -> None:
         logger.error("Slide %s failed after %d attempts: %s", row.path, row.attempts, row.error)
     else:
         logger.info(
-            "Slide %s %s: %s figures, hotspot %s, %.1f s",
+            "Slide %s %s: figure count %s, hotspot count %s, %.1f s",
             row.path,
             row.status,
             row.num_figures,
@@ -712,6 +836,7 @@ def run_cohort(
     num_gpus_per_slide: float | None = None,
     ray_init: Mapping[str, Any] | None = None,
     progress: bool = False,
+    on_row: Callable[[CohortRow], None] | None = None,
 ) -> CohortResult:
     """Detect figures and hotspots on many slides and write a cohort summary table.
 
@@ -735,6 +860,8 @@ def run_cohort(
             where the cluster has GPUs and none otherwise.
         ray_init: extra keyword arguments for ``ray.init``, such as ``num_cpus``.
         progress: show a progress bar per slide (in-process runs only).
+        on_row: called in this process with each slide's final row as the
+            slide is skipped, done or failed, in the order they finish.
 
     Returns:
         The rows in input order and the table path.
@@ -764,10 +891,17 @@ def run_cohort(
         rows[index] = row
         _log_row(row)
         write_cohort_table(table_path, [r for r in rows if r is not None])
+        if on_row is not None:
+            on_row(row)
 
+    # Slides done with another model run again. Only an OnnxDetectorFactory names its model files,
+    # so with other factories the model is not checked.
+    model_sha256s = None
+    if isinstance(detector_factory, OnnxDetectorFactory):
+        model_sha256s = detector_factory.model_sha256s()
     pending: list[tuple[int, SlideSpec]] = []
     for index, spec in enumerate(specs):
-        row = finished_row(spec, output_dir, settings)
+        row = finished_row(spec, output_dir, settings, model_sha256s=model_sha256s)
         if row is None:
             pending.append((index, spec))
         else:

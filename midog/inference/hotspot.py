@@ -53,6 +53,7 @@ __all__ = [
     "find_hotspot",
     "count_in_window",
     "figures_in_window",
+    "hotspot_record",
     "write_hotspot_geojson",
     "read_hotspot_geojson",
 ]
@@ -570,6 +571,25 @@ def _round(value: float) -> float:
     return float(f"{value:.6g}")
 
 
+def hotspot_record(hotspot: Hotspot) -> dict[str, Any]:
+    """Return the fields of a hotspot as plain JSON values, as stored in the GeoJSON and the slide summary.
+
+    The keys are ``count``, ``l0_centre_xy`` and ``l0_size_px`` (level-0 px),
+    ``kind``, ``area_mm2``, ``aspect_ratio``, ``mpp`` (level-0 µm/px) and
+    ``tissue_share`` (0-1, or None without a tissue mask).
+    """
+    return {
+        "count": hotspot.count,
+        "l0_centre_xy": list(hotspot.l0_centre_xy),
+        "l0_size_px": list(hotspot.l0_size_px),
+        "kind": hotspot.shape.kind,
+        "area_mm2": hotspot.shape.area_mm2,
+        "aspect_ratio": hotspot.shape.aspect_ratio,
+        "mpp": hotspot.mpp,
+        "tissue_share": hotspot.tissue_share,
+    }
+
+
 def write_hotspot_geojson(
     path: str | Path, hotspot: Hotspot | None, *, search: Mapping[str, Any] | None = None
 ) -> None:
@@ -614,16 +634,7 @@ def write_hotspot_geojson(
                     "name": f"Mitotic count {hotspot.count} in {hotspot.shape.area_mm2:g} mm²",
                     "classification": {"name": HOTSPOT_CLASS_NAME, "color": list(_HOTSPOT_COLOR_RGB)},
                     "measurements": measurements,
-                    "midog_hotspot": {
-                        "count": hotspot.count,
-                        "l0_centre_xy": list(hotspot.l0_centre_xy),
-                        "l0_size_px": list(hotspot.l0_size_px),
-                        "kind": hotspot.shape.kind,
-                        "area_mm2": hotspot.shape.area_mm2,
-                        "aspect_ratio": hotspot.shape.aspect_ratio,
-                        "mpp": hotspot.mpp,
-                        "tissue_share": hotspot.tissue_share,
-                    },
+                    "midog_hotspot": hotspot_record(hotspot),
                 },
             }
         )

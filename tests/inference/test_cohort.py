@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import csv
+import json
+import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from midog.errors import ModelError, OutputError, SlideOpenError
+from midog.errors import ManifestError, ModelError, OutputError, SlideOpenError
 from midog.inference.cohort import (
     TABLE_COLUMNS,
-    ManifestError,
     OnnxDetectorFactory,
     SlideSettings,
     SlideSpec,
+    finished_row,
     hotspot_path,
     list_slides,
     run_cohort,
     thumbnail_path,
 )
-from tests.conftest import REPO_ROOT
+from midog.inference.hotspot import read_hotspot_geojson
+from midog.inference.onnx_detector import default_model_path
+from midog.inference.resume import file_sha256
 from tests.inference.stub_detector import StubDetector
 
 REAL_SLIDE = Path("slides") / "cmu-1-small-region.svs"
@@ -98,6 +103,13 @@ def test_list_manifest_invalid_mpp(shared_data, tmp_path):
         list_slides(manifest)
 
 
+def test_list_manifest_missing_slide(tmp_path):
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("path\nmissing.svs\n")
+    with pytest.raises(ManifestError, match=r"line 2: slide .*missing.svs not found"):
+        list_slides(manifest)
+
+
 def test_list_missing_slide(tmp_path):
     with pytest.raises(SlideOpenError, match="missing.svs not found"):
         list_slides(tmp_path / "missing.svs")
@@ -129,11 +141,18 @@ def test_cohort_rejects_negative_retries(shared_data, tmp_path):
 # In this process
 
 
+IN_PROCESS_SETTINGS = replace(SETTINGS, read_threads=1)
+
+
 @pytest.fixture(scope="module")
 def in_process_run(shared_data, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("in_process")
     slides = [shared_data / REAL_SLIDE, shared_data / BROKEN_SLIDE]
-    return output_dir, run_cohort(slides, StubDetector, output_dir, settings=SETTINGS, retries=0)
+    return output_dir, run_cohort(slides, StubDetector, output_dir, settings=IN_PROCESS_SETTINGS, retries=0)
+
+
+def _read_summary(output_dir: Path, slide: Path) -> dict:
+    return json.loads((output_dir / f"{slide.stem}.summary.json").read_text(encoding="utf-8"))
 
 
 def test_in_process_statuses(in_process_run):
@@ -156,6 +175,95 @@ def test_in_process_hotspot_in_table(in_process_run):
 def test_in_process_no_temporary_files(in_process_run):
     output_dir, _ = in_process_run
     assert not [path.name for path in output_dir.iterdir() if path.name.startswith(".")]
+
+
+def test_in_process_read_threads_reach_slide(in_process_run):
+    output_dir, _ = in_process_run
+    assert _read_summary(output_dir, REAL_SLIDE)["read_threads"] == 1
+
+
+def test_in_process_threshold_in_row(in_process_run):
+    _, result = in_process_run
+    assert result.rows[0].threshold == StubDetector().score_thresh
+
+
+def test_summary_contains_hotspot(in_process_run):
+    output_dir, result = in_process_run
+    hotspot = _read_summary(output_dir, REAL_SLIDE)["hotspot"]
+    assert hotspot["count"] == result.rows[0].hotspot_count
+    assert hotspot["l0_centre_xy"] == [result.rows[0].hotspot_x_px, result.rows[0].hotspot_y_px]
+    assert hotspot["kind"] == "rectangle"
+
+
+def test_summary_hotspot_matches_geojson(in_process_run, shared_data):
+    output_dir, _ = in_process_run
+    summary = _read_summary(output_dir, REAL_SLIDE)
+    hotspot, search = read_hotspot_geojson(hotspot_path(output_dir, shared_data / REAL_SLIDE))
+    assert summary["hotspot"] == hotspot
+    assert summary["hotspot_search"] == search == IN_PROCESS_SETTINGS.hotspot_search()
+
+
+def test_finished_row_after_run(in_process_run, shared_data):
+    output_dir, result = in_process_run
+    row = finished_row(SlideSpec(shared_data / REAL_SLIDE), output_dir, IN_PROCESS_SETTINGS)
+    assert row is not None
+    assert row.status == "skipped"
+    assert row.hotspot_count == result.rows[0].hotspot_count
+
+
+def test_finished_row_other_model(in_process_run, shared_data):
+    output_dir, _ = in_process_run
+    spec = SlideSpec(shared_data / REAL_SLIDE)
+    assert finished_row(spec, output_dir, IN_PROCESS_SETTINGS, model_sha256s=frozenset({"0" * 64})) is None
+
+
+def test_finished_row_other_mpp(in_process_run, shared_data):
+    output_dir, _ = in_process_run
+    assert finished_row(SlideSpec(shared_data / REAL_SLIDE, mpp=0.3), output_dir, IN_PROCESS_SETTINGS) is None
+
+
+def test_finished_row_with_journal(in_process_run, shared_data, tmp_path):
+    output_dir, _ = in_process_run
+    copy = tmp_path / "out"
+    shutil.copytree(output_dir, copy)
+    (copy / f"{REAL_SLIDE.stem}.journal.jsonl").write_text("")
+    assert finished_row(SlideSpec(shared_data / REAL_SLIDE), copy, IN_PROCESS_SETTINGS) is None
+
+
+def test_finished_row_without_summary_hotspot(in_process_run, shared_data, tmp_path):
+    output_dir, _ = in_process_run
+    copy = tmp_path / "out"
+    shutil.copytree(output_dir, copy)
+    summary_path = copy / f"{REAL_SLIDE.stem}.summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    del summary["hotspot"]
+    summary_path.write_text(json.dumps(summary), encoding="utf-8")
+    assert finished_row(SlideSpec(shared_data / REAL_SLIDE), copy, IN_PROCESS_SETTINGS) is None
+
+
+def test_factory_pickles_and_hashes():
+    factory = OnnxDetectorFactory(device="cpu", precision="int8")
+    assert pickle.loads(pickle.dumps(factory)) == factory
+    assert hash(factory) == hash(OnnxDetectorFactory(device="cpu", precision="int8"))
+
+
+def test_factory_rejects_unknown_precision():
+    with pytest.raises(ValueError, match="precision must be 'auto' or one of fp32, fp16, int8, got 'int4'"):
+        OnnxDetectorFactory(precision="int4")
+
+
+def test_factory_missing_variant(tmp_path):
+    model = tmp_path / "model.onnx"
+    shutil.copyfile(default_model_path(), model)
+    with pytest.raises(ModelError, match=r"int8 variant .*model.int8.onnx of model .*model.onnx not found"):
+        OnnxDetectorFactory(model_path=model, device="cpu", precision="int8")()
+
+
+def test_factory_model_hashes(tmp_path):
+    model = tmp_path / "model.onnx"
+    shutil.copyfile(default_model_path(), model)
+    assert OnnxDetectorFactory(model_path=model).model_sha256s() == {file_sha256(model)}
+    assert OnnxDetectorFactory(model_path=model, precision="fp16").model_sha256s() == frozenset()
 
 
 def test_model_error_stops_in_process_run(shared_data, tmp_path):
@@ -188,24 +296,6 @@ def test_rerun_with_missing_thumbnail_runs_again(shared_data, tmp_path):
 
 
 # On a local Ray cluster
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A Ray instance on this machine only, shut down after the module."""
-    ray = pytest.importorskip("ray")
-    # NOTE: Ray 2.60's raylet aborts when its dashboard agent needs more than
-    # about 15 s to start, as on a heavily overloaded machine. ray.init then
-    # raises "The current node timed out during startup" here.
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=100 * 1024**2,
-        logging_level="WARNING",
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
-    )
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
