@@ -33,7 +33,7 @@ COMMANDS = {
 
 EPILOG = """examples:
   midog detect slide.svs --output out/
-  midog detect slide.tiff --mpp 0.25 --threshold 0.6 --output out/
+  midog detect slides/ --output out/ --ray
   midog train configs/rtmdet_s_mf_crops.py --work-dir work_dirs/mf_crops
   midog export work_dirs/mf_crops/iter_2000.pth --config configs/rtmdet_s_mf_crops.py --output model.onnx
 """
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MidogError as exc:
-        print(f"midog {args.command}: error: {exc}", file=sys.stderr)
+        # One line, even where a message quotes a library's multi-line error.
+        message = " ".join(str(exc).split())
+        print(f"midog {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"midog {args.command}: interrupted", file=sys.stderr)

@@ -1,43 +1,66 @@
-"""``midog detect``: find mitotic figures in whole-slide images with the ONNX model."""
+"""``midog detect``: find mitotic figures and hotspots in whole-slide images with the ONNX model."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from midog.errors import OutputError
-
 if TYPE_CHECKING:
-    from midog.inference.runner import SlideResult
+    from midog.inference.cohort import CohortResult, CohortRow
 
-__all__ = ["register", "run", "summary_line"]
+__all__ = ["cohort_line", "register", "run", "slide_line"]
 
 logger = logging.getLogger(__name__)
 
-EPILOG = """outputs per slide, in --output:
+EPILOG = """sources:
+  Each SOURCE is a slide file, a folder (its slide files, not recursive), a glob pattern in
+  quotes ("slides/**/*.svs"), or a manifest .csv with a path column and an optional mpp column
+  (level-0 µm/px, empty for the file's own; relative paths start at the manifest's folder).
+  A missing path, a folder or pattern without slides, or an invalid manifest stops the command
+  before any slide runs.
+
+outputs per slide, in --output:
   <stem>.csv                   figures at or above the threshold (image,x,y,label,score; level-0 px)
   <stem>.geojson               the same figures as QuPath point detections
   <stem>.mitotic-figures.json  every candidate in the MIDOG challenge format, named by the threshold
-  <stem>.summary.json          counts, tissue area, settings and timing; written last
+  <stem>.hotspot.geojson       the mitotic-count hotspot as a QuPath annotation (level-0 px)
+  <stem>.thumbnail.png         the slide with the figures (red) and the hotspot (yellow)
+  <stem>.summary.json          counts, tissue area, hotspot, settings and timing; written last
   <stem>.journal.jsonl         progress of an unfinished slide, removed when its outputs are written
+and once per run:
+  cohort_summary.csv           one row per slide: status (done, skipped, failed), error, counts,
+                               hotspot; rewritten after every slide
 
-A slide's outputs are complete when <stem>.summary.json exists and <stem>.journal.jsonl does not.
-After an interrupted run, the same command with --resume continues each slide from its journal
-and skips slides whose outputs are complete. It rejects a journal made with another slide file,
-model, tile size or overlap, and complete outputs made with other settings or another threshold.
+A slide's outputs are complete when <stem>.summary.json contains the hotspot and
+<stem>.journal.jsonl does not exist. A rerun into the same folder skips each slide whose outputs
+are complete and were made with the same model, tile size, overlap, threshold, µm/px and hotspot
+settings, and runs the others again. With --resume, an interrupted slide continues from its
+journal; a journal made with another slide file, model, tile size or overlap, or complete outputs
+made with other settings, make that slide fail (run without --resume to overwrite them).
+
+A slide that fails (an unreadable file, no resolution and no --mpp, ...) is tried --retries more
+times and then reported as failed; the other slides still run. The exit code is 0 when every
+slide is done or skipped, and 1 when any slide failed or the command stopped with an error.
 
 examples:
   midog detect slide.svs --output out/
-  midog detect slides/*.mrxs --workers 4 --device cuda --output out/
+  midog detect slides/ --workers 4 --device cuda --output out/
+  midog detect "slides/**/*.mrxs" --output out/
+  midog detect cohort.csv --output out/
   midog detect region.tiff --mpp 0.25 --threshold 0.6 --output out/
-  midog detect slides/*.svs --output out/ --resume
+  midog detect slides/ --hotspot-shape circle --hotspot-area 2.37 --output out/
   midog detect slide.svs --precision int8 --output out/
+  midog detect slides/ --output out/ --ray              # a Ray instance on this machine
+  midog detect cohort.csv --output /shared/out --ray auto   # the cluster started with 'ray start'
 """
 
 DEFAULT_OUTPUT_DIR = Path("midog-output")
+
+RAY_ADDRESS_FORMS = "local, auto, HOST:PORT or ray://HOST:PORT"
 
 
 def _positive_float(text: str) -> float:
@@ -45,7 +68,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
@@ -73,23 +96,58 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _aspect_ratio(text: str) -> float:
+    """Parse a width:height ratio such as ``4:3``, or a number such as ``1.5``, into width / height."""
+    expected = f"expected W:H or a positive number, such as 4:3 or 1.5, got {text!r}"
+    width_text, colon, height_text = text.partition(":")
+    try:
+        ratio = float(width_text) / float(height_text) if colon else float(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(expected) from exc
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise argparse.ArgumentTypeError(expected)
+    return ratio
+
+
+def _ray_address(text: str) -> str:
+    """Check a --ray value: ``local``, ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    if text in ("local", "auto"):
+        return text
+    host, colon, port = text.removeprefix("ray://").rpartition(":")
+    valid_host = bool(host) and "/" not in host and not any(c.isspace() for c in host)
+    if colon and valid_host and port.isdigit() and 0 < int(port) < 65536:
+        return text
+    # argparse takes a slide written right after a bare --ray as its value, so the message gives the fix.
+    raise argparse.ArgumentTypeError(
+        f"expected {RAY_ADDRESS_FORMS}, got {text!r}; to start Ray on this machine, put --ray after "
+        "the slides or write --ray=local"
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``detect`` subcommand to the ``midog`` parser."""
+    from midog.inference.hotspot import DEFAULT_MIN_TISSUE_SHARE, MITOTIC_COUNT_AREA_MM2
     from midog.inference.pipeline import DEFAULT_READ_THREADS
     from midog.inference.precision import PRECISIONS
     from midog.inference.runner import MIN_TILE_SIZE_PX
 
     parser = subparsers.add_parser(
         "detect",
-        help="find mitotic figures in whole-slide images",
+        help="find mitotic figures and hotspots in whole-slide images",
         description="Find mitotic figures in whole-slide images (SVS, MRXS, NDPI, TIFF and the other "
-        "OpenSlide formats, or plain TIFF, PNG and JPEG) with an exported RTMDet model. Tiles with "
-        "tissue are read at the model's µm/px, detections are merged across tile seams, and one "
-        "summary line is printed per slide.",
+        "OpenSlide formats, or plain TIFF, PNG and JPEG) with an exported RTMDet model, and the "
+        "mitotic-count hotspot of each slide. Tiles with tissue are read at the model's µm/px, "
+        "detections are merged across tile seams, and one line is printed per slide as it finishes. "
+        "Slides run one after another in this process, or as Ray tasks with --ray.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="slide or image files")
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="slide file, folder, quoted glob pattern or manifest .csv (see 'sources' below)",
+    )
     parser.add_argument(
         "--model",
         type=Path,
@@ -114,7 +172,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_positive_float,
         metavar="UM_PER_PX",
         help="level-0 µm/px of the slides; overrides the file's resolution and is required for files "
-        "without one (default: read from each file)",
+        "without one; a manifest's mpp column overrides it per slide (default: read from each file)",
     )
     parser.add_argument(
         "--tile-size",
@@ -143,7 +201,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_int_at_least(0),
         default=0,
         metavar="N",
-        help="processes that read tiles; 0 reads them in the main process (default: 0)",
+        help="processes that read tiles per slide; 0 reads them in the slide's process (default: 0)",
     )
     parser.add_argument(
         "--read-threads",
@@ -164,15 +222,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", *PRECISIONS),
         default="auto",
         help="model variant: fp32, or the fp16 or int8 file written beside the model by "
-        "'python -m midog.training.quantize'; auto takes the variant measured best for the device, "
-        "fp32 where none was written (default: auto)",
+        "'python -m midog.training.quantize'; auto takes the variant measured best for the device "
+        "(each Ray worker picks for its own), fp32 where none was written (default: auto)",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue interrupted slides from their journals and skip slides whose outputs are complete",
+        help="continue interrupted slides from their journals; slides with complete outputs of the "
+        "same settings are skipped on any rerun, with or without --resume",
+    )
+    parser.add_argument(
+        "--retries",
+        type=_int_at_least(0),
+        default=1,
+        metavar="N",
+        help="further attempts for a slide that failed, before it is reported as failed (default: 1)",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        type=_ray_address,
+        metavar="ADDRESS",
+        help="run each slide as a Ray task: without a value, on a Ray instance started on this machine; "
+        "'auto' joins the one started here with 'ray start'; HOST:PORT or ray://HOST:PORT joins that "
+        "cluster, where every machine must reach the slides and --output at the same paths "
+        "(default: no Ray, one slide after another in this process)",
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar per slide")
+
+    hotspot = parser.add_argument_group("hotspot", "the window of fixed area with the most mitotic figures")
+    hotspot.add_argument(
+        "--hotspot-shape",
+        choices=("rectangle", "circle"),
+        default="rectangle",
+        help="window shape; a rectangle is axis-aligned (default: rectangle)",
+    )
+    hotspot.add_argument(
+        "--hotspot-area",
+        type=_positive_float,
+        default=MITOTIC_COUNT_AREA_MM2,
+        metavar="MM2",
+        help=f"window area in mm² (default: {MITOTIC_COUNT_AREA_MM2:g})",
+    )
+    hotspot.add_argument(
+        "--hotspot-aspect",
+        type=_aspect_ratio,
+        default="4:3",
+        metavar="RATIO",
+        help="width:height of a rectangle, as W:H or a number; ignored for circles (default: 4:3)",
+    )
+    hotspot.add_argument(
+        "--min-tissue-share",
+        type=_probability,
+        default=DEFAULT_MIN_TISSUE_SHARE,
+        metavar="SHARE",
+        help="share of the window that must be tissue, 0-1; a slide without such a window has no "
+        f"hotspot (default: {DEFAULT_MIN_TISSUE_SHARE:g})",
+    )
 
     def run_checked(args: argparse.Namespace) -> int:
         if args.overlap > args.tile_size // 2:
@@ -185,72 +292,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_checked)
 
 
-def summary_line(result: SlideResult) -> str:
-    """Format the line printed after each slide: figures, tissue area, density, time and folder."""
-    if result.figures_per_mm2 is None:
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def slide_line(row: CohortRow, hotspot_area_mm2: float) -> str:
+    """Format the line printed when a slide is done, skipped or failed."""
+    if row.status == "failed":
+        return f"{row.slide}: failed after {_plural(row.attempts, 'attempt')}: {row.error}"
+
+    if row.status == "done":
+        status = f"done in {row.seconds or 0.0:.1f} s"
+    else:
+        status = "skipped, complete outputs of an earlier run"
+    figures = _plural(row.num_figures or 0, "mitotic figure")
+    if row.threshold is not None:
+        figures += f" (score >= {row.threshold:g})"
+    if row.figures_per_mm2 is None:
         density = "no tissue found"
     else:
-        density = f"{result.figures_per_mm2:.2f} figures/mm²"
+        density = f"{row.figures_per_mm2:.2f} figures/mm²"
+    if row.hotspot_count is None:
+        hotspot = "no hotspot"
+    else:
+        hotspot = f"hotspot {row.hotspot_count} in {hotspot_area_mm2:g} mm²"
+    tissue = f"tissue {row.tissue_area_mm2 or 0.0:.2f} mm²"
+    return f"{row.slide}: {status}: {figures}, {tissue}, {density}, {hotspot}"
+
+
+def cohort_line(result: CohortResult) -> str:
+    """Format the last line: slides by status and the cohort table's path."""
     return (
-        f"{result.slide_path.name}: {result.num_figures} mitotic figures (score >= {result.threshold:g}), "
-        f"tissue {result.tissue_area_mm2:.2f} mm², {density}, {result.seconds:.1f} s; "
-        f"outputs in {result.outputs.csv.parent}"
+        f"{_plural(len(result.rows), 'slide')}: {result.count('done')} done, {result.count('skipped')} "
+        f"skipped, {result.count('failed')} failed; table {result.table_path}"
     )
-
-
-def _check_unique_stems(slides: list[Path], output_dir: Path) -> None:
-    """Raise OutputError if two slides would write the same output files."""
-    seen: dict[str, Path] = {}
-    for slide in slides:
-        if slide.stem in seen and seen[slide.stem] != slide:
-            raise OutputError(
-                f"Slides {seen[slide.stem]} and {slide} would both write {slide.stem}.csv in {output_dir}; "
-                "run them with different --output folders"
-            )
-        seen[slide.stem] = slide
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``midog detect`` on the parsed arguments; return the exit code."""
-    from midog.inference.onnx_detector import default_model_path, load_detector
-    from midog.inference.precision import resolve_model_path
-    from midog.inference.runner import check_output_dir, detect_slide
-    from midog.io.slide import open_slide
+    """Run ``midog detect`` on the parsed arguments; return 1 when any slide failed, else 0."""
+    from midog.inference.cohort import OnnxDetectorFactory, SlideSettings, run_cohort
+    from midog.inference.hotspot import HotspotShape
 
-    slides = list(dict.fromkeys(args.slides))
-    _check_unique_stems(slides, args.output)
-    check_output_dir(args.output)
-    # Open every slide once before the first is processed, so that a missing
-    # file or resolution stops the run at once rather than after earlier slides.
-    for slide in slides:
-        with open_slide(slide, args.mpp):
-            pass
-    base_model = args.model if args.model is not None else default_model_path()
-    model_path, precision = resolve_model_path(base_model, args.precision, args.device)
-    # None loads the shipped model, whose absence load_detector reports.
-    detector = load_detector(None if model_path == default_model_path() else model_path, device=args.device)
-    logger.info(
-        "Model %s (%s): %g µm/px, threshold %g",
-        model_path if args.model is not None else f"{model_path.name}, shipped with midog",
-        precision,
-        detector.mpp,
-        detector.score_thresh,
+    settings = SlideSettings(
+        mpp=args.mpp,
+        threshold=args.threshold,
+        tile_size_px=args.tile_size,
+        overlap_px=args.overlap,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        read_threads=args.read_threads,
+        resume=args.resume,
+        hotspot_shape=HotspotShape(args.hotspot_shape, args.hotspot_area, args.hotspot_aspect),
+        min_tissue_share=args.min_tissue_share,
     )
+    # In this process run_cohort builds the detector once; on Ray each worker builds its own.
+    # NOTE: each Ray task reserves 1 + --workers CPUs, but onnxruntime picks its own thread count, so
+    # CPU-only tasks that run side by side can oversubscribe the cores.
+    factory = OnnxDetectorFactory(model_path=args.model, device=args.device, precision=args.precision)
 
-    for slide in slides:
-        result = detect_slide(
-            slide,
-            detector,
-            args.output,
-            mpp=args.mpp,
-            threshold=args.threshold,
-            tile_size_px=args.tile_size,
-            overlap_px=args.overlap,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            read_threads=args.read_threads,
-            resume=args.resume,
-            progress=not args.no_progress,
-        )
-        print(summary_line(result), flush=True)
-    return 0
+    def print_row(row: CohortRow) -> None:
+        print(slide_line(row, settings.hotspot_shape.area_mm2), flush=True)
+
+    result = run_cohort(
+        args.sources,
+        factory,
+        args.output,
+        settings=settings,
+        ray_address=args.ray,
+        retries=args.retries,
+        progress=not args.no_progress,
+        on_row=print_row,
+    )
+    print(cohort_line(result), flush=True)
+    return 1 if result.count("failed") else 0

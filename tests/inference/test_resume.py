@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from midog.cli import main
+from midog.inference.cohort import OnnxDetectorFactory
 from midog.inference.resume import JOURNAL_SUFFIX, ResumeError, RunJournal, journal_path, settings_differences
 from midog.inference.runner import detect_slide
 from midog.io.writers import read_detections_csv
@@ -262,8 +264,8 @@ def test_new_run_removes_stale_summary(grid_slide, tmp_path):
 
 KILL_SCRIPT = """
 import pathlib, sys, time
-import midog.inference.onnx_detector as onnx_detector
 from midog.cli import main
+from midog.inference.cohort import OnnxDetectorFactory
 from tests.inference.stub_detector import StubDetector
 
 marker, stall_at = pathlib.Path(sys.argv[1]), int(sys.argv[2])
@@ -277,15 +279,16 @@ def detect(tiles):
     return original(tiles)
 
 detector.detect = detect
-onnx_detector.load_detector = lambda *args, **kwargs: detector
+OnnxDetectorFactory.__call__ = lambda self: detector
 sys.exit(main(sys.argv[3:]))
 """
 
 
 @pytest.fixture
 def stub_model(monkeypatch):
+    """Make every ``OnnxDetectorFactory`` build the stub."""
     detector = StubDetector()
-    monkeypatch.setattr("midog.inference.onnx_detector.load_detector", lambda *args, **kwargs: detector)
+    monkeypatch.setattr(OnnxDetectorFactory, "__call__", lambda self: detector)
     return detector
 
 
@@ -387,6 +390,7 @@ def test_killed_run_resume_removes_journal(stub_model, grid_slide, killed_run):
 
 
 def test_killed_run_resume_other_tile_size(stub_model, grid_slide, killed_run, capsys):
+    # The slide fails, on both attempts, and its journal is kept for a resume with the right settings.
     code = main(
         [
             "detect",
@@ -402,10 +406,18 @@ def test_killed_run_resume_other_tile_size(stub_model, grid_slide, killed_run, c
         ]
     )
     assert (code, stub_model.num_calls) == (1, 0)
-    assert "tile_size_px: 512 -> 256" in capsys.readouterr().err
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("grid.tiff: failed after 2 attempts: ResumeError: ")
+    assert "tile_size_px: 512 -> 256" in line
+    assert journal_path(killed_run, "grid.tiff").exists()
 
 
-def test_resume_skips_finished_slide(stub_model, grid_slide, clean_run, capsys):
-    assert main(["detect", str(grid_slide), "--output", str(clean_run), "--no-progress", "--resume"]) == 0
+def test_resume_skips_finished_slide(stub_model, grid_slide, clean_run, tmp_path, capsys):
+    # detect_slide alone wrote these outputs, so the command adds only the hotspot and the thumbnail.
+    output_dir = tmp_path / "out"
+    shutil.copytree(clean_run, output_dir)
+    assert main(["detect", str(grid_slide), "--output", str(output_dir), "--no-progress", "--resume"]) == 0
     assert stub_model.num_calls == 0
-    assert capsys.readouterr().out.startswith("grid.tiff: 16 mitotic figures (score >= 0.5)")
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("grid.tiff: done in ")
+    assert ": 16 mitotic figures (score >= 0.5)" in line
