@@ -19,6 +19,7 @@ import numpy as np
 
 from midog.errors import ModelError
 from midog.inference.postprocess import PostprocessConfig, postprocess
+from midog.inference.precision import check_variant_source
 from midog.inference.session import IoBindingRunner, session_options
 from midog.structures import Detections
 
@@ -108,6 +109,7 @@ class OnnxDetector:
             raise ModelError(f"model file {self.model_path} is not a valid ONNX model: {first_line}") from exc
         self._check_signature()
         self._read_metadata()
+        check_variant_source(self.model_path, self.session.get_modelmeta().custom_metadata_map)
         # On CUDA, IO binding copies each batch to the GPU once and the outputs
         # straight into host arrays. On CPU it would save no copy.
         self._bound_runner = (

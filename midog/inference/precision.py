@@ -13,16 +13,21 @@ below fp32's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from midog.errors import ModelError
+from midog.inference.resume import file_sha256
 
 __all__ = [
     "AUTO_PRECISION",
     "PRECISIONS",
+    "PRECISION_KEY",
+    "SOURCE_SHA256_KEY",
     "Precision",
     "PrecisionChoice",
+    "check_variant_source",
     "precision_of_path",
     "resolve_device",
     "resolve_model_path",
@@ -39,6 +44,42 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 # NOTE: no GPU was available for the measurements, so CUDA stays at fp32
 # until fp16 is measured there.
 AUTO_PRECISION: dict[str, Precision] = {"cpu": "fp32", "cuda": "fp32"}
+
+
+# Metadata keys of a variant written by ``midog.training.quantize``.
+PRECISION_KEY = "midog.precision"
+SOURCE_SHA256_KEY = "midog.source_sha256"
+
+
+def check_variant_source(model_path: str | Path, metadata: Mapping[str, str]) -> None:
+    """Raise ModelError when a variant was made from another model than the fp32 file beside it.
+
+    A variant records the SHA-256 of the fp32 model it was made from. When
+    that model is exported again and the variant is not, the variant would
+    silently run the old weights.
+
+    Args:
+        model_path: the loaded file.
+        metadata: its ONNX metadata.
+
+    Raises:
+        ModelError: the file is a variant, the fp32 model ``<stem>.onnx``
+            exists beside it, and its SHA-256 differs from the recorded one.
+    """
+    model_path = Path(model_path)
+    recorded = metadata.get(SOURCE_SHA256_KEY)
+    precision = metadata.get(PRECISION_KEY, "fp32")
+    stated = precision_of_path(model_path)
+    if recorded is None or precision == "fp32" or stated is None:
+        return
+    source = model_path.with_name(model_path.name.replace(f".{stated}{model_path.suffix}", model_path.suffix))
+    if not source.is_file():
+        return
+    if file_sha256(source) != recorded:
+        raise ModelError(
+            f"{precision} model {model_path} was made from another version of {source}; write it again with "
+            f"'python -m midog.training.quantize {source} --precision {precision}', or pass --precision fp32"
+        )
 
 
 def variant_path(model_path: str | Path, precision: Precision) -> Path:

@@ -36,7 +36,14 @@ import numpy as np
 
 from midog.errors import ModelError
 from midog.inference.onnx_detector import INPUT_NAME
-from midog.inference.precision import PRECISIONS, Precision, precision_of_path, variant_path
+from midog.inference.precision import (
+    PRECISION_KEY,
+    PRECISIONS,
+    SOURCE_SHA256_KEY,
+    Precision,
+    precision_of_path,
+    variant_path,
+)
 from midog.inference.resume import file_sha256
 
 __all__ = [
@@ -53,8 +60,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISION_KEY = "midog.precision"
-SOURCE_SHA256_KEY = "midog.source_sha256"
 
 # Calibration canvases: enough to cover the stain range of the training tissue.
 DEFAULT_CALIBRATION_IMAGES = 32

@@ -128,6 +128,23 @@ def test_int8_same_detections(tiny_variants):
     assert [len(d) for d in quantized] == [len(d) for d in reference]
 
 
+def test_variant_of_older_model_rejected(tiny_variants, tmp_path):
+    # The fp32 model was exported again with other weights, and the variant was not rewritten.
+    _, fp16, _ = tiny_variants
+    stale = tmp_path / "tiny.fp16.onnx"
+    stale.write_bytes(fp16.read_bytes())
+    write_tiny_model(tmp_path / "tiny.onnx", padding_rgb=(0, 0, 0))
+
+    with pytest.raises(ModelError, match=r"tiny.fp16.onnx was made from another version of .*tiny.onnx"):
+        OnnxDetector(stale, device="cpu")
+
+
+def test_variant_without_fp32_beside_loads(tiny_variants, tmp_path):
+    alone = tmp_path / "tiny.int8.onnx"
+    alone.write_bytes(tiny_variants[2].read_bytes())
+    assert OnnxDetector(alone, device="cpu").class_names == ("mitotic figure",)
+
+
 def test_variant_of_variant_rejected(tiny_variants):
     with pytest.raises(ModelError, match="already a fp16 variant"):
         write_fp16_model(tiny_variants[1])
