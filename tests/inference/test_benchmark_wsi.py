@@ -86,12 +86,20 @@ def test_benchmark_end_to_end(benchmark, shared_data, tmp_path):
         [
             "--model", str(model), "--slides", "quarter", "large", "--large-size-px", "2048",
             "--cache-dir", str(tmp_path / "cache"), "--data-dir", str(shared_data), "--compute-tiles", "2",
-            "--no-torch", "--docs", str(page),
+            "--no-torch", "--repeats", "2", "--docs", str(page),
         ]
     )  # fmt: skip
     assert code == 0
-    rows = [line for line in page.read_text().splitlines() if line.startswith(("| quarter |", "| large |"))]
+    text = page.read_text()
+    rows = [line for line in text.splitlines() if line.startswith(("| quarter |", "| large |"))]
     assert len(rows) == 2
+    assert all(row.count("|") == 16 for row in rows)
+    assert "medians of 2 runs of (b) and 3 of (a)" in text
+
+
+def test_benchmark_rejects_zero_repeats(benchmark, tmp_path):
+    with pytest.raises(SystemExit, match="--repeats must be at least 1, got 0"):
+        benchmark.main(["--repeats", "0", "--no-docs", "--cache-dir", str(tmp_path)])
 
 
 def test_compute_measure_json(benchmark, shared_data, tmp_path, capsys):
