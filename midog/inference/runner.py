@@ -14,7 +14,9 @@
    (``midog.inference.pipeline``): resample it to the detector's µm/px,
    paint pixels outside the bounds with the detector's padding colour, and
    run the detector in batches. Each finished batch is appended to the
-   journal, so memory does not grow with the slide.
+   journal, so memory does not grow with the slide while tiles are detected.
+   Steps 6 and 7 hold every candidate of the slide at once, as numpy arrays
+   of about 30 bytes a candidate, and the writers stream them to disk.
 6. Read the journal back, map detections to level 0, keep each tile's own
    (away from its inner borders), merge duplicates at the seams, and drop
    detections centred outside the bounds.
