@@ -191,7 +191,8 @@ class OnnxDetector:
         padded_h = -(-height // SIZE_DIVISOR) * SIZE_DIVISOR
         padded_w = -(-width // SIZE_DIVISOR) * SIZE_DIVISOR
         images = np.empty((batch, 3, padded_h, padded_w), dtype=np.float32)
-        images[:] = np.asarray(self.padding_rgb, dtype=np.float32)[None, :, None, None]
+        if (padded_h, padded_w) != (height, width):
+            images[:] = np.asarray(self.padding_rgb, dtype=np.float32)[None, :, None, None]
         images[:, :, :height, :width] = tiles.transpose(0, 3, 1, 2)
         cls_logits, bbox_distances = self.run_raw(images)
         return [

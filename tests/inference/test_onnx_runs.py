@@ -162,3 +162,19 @@ def test_onnx_resume_other_model_rejected(tiny_model, disc_slide, tmp_path):
     other = write_tiny_model(tmp_path / "other.onnx", padding_rgb=(255, 255, 254))
     with pytest.raises(ResumeError, match="model_sha256"):
         detect_slide(disc_slide, OnnxDetector(other, device="cpu"), tmp_path, resume=True, progress=False)
+
+
+def test_unpadded_tile_padded_with_padding_colour(tiny_model):
+    # A 100 px tile is padded to 128 px with the model's padding colour (white)
+    # before the model runs, so it must give what the same tile padded by hand gives.
+    detector = OnnxDetector(tiny_model, device="cpu")
+    tile = pink_image(100, 100)
+    draw_disc(tile, (50.0, 50.0), 14.0)
+    padded = np.full((128, 128, 3), detector.padding_rgb, dtype=np.uint8)
+    padded[:100, :100] = tile
+
+    (small,) = detector.detect(tile[None])
+    (large,) = detector.detect(padded[None])
+    assert len(small) == len(large) > 0
+    np.testing.assert_allclose(small.xy, large.xy)
+    np.testing.assert_allclose(small.scores, large.scores)
