@@ -31,7 +31,7 @@ outputs per slide, in --output:
   <stem>.thumbnail.png         the slide with the figures (red) and the hotspot (yellow)
   <stem>.summary.json          counts, tissue area, hotspot, settings and timing; written last
   <stem>.journal.jsonl         progress of an unfinished slide, removed when its outputs are written
-and once per run:
+and once per run of several slides (or with --ray):
   cohort_summary.csv           one row per slide: status (done, skipped, failed), error, counts,
                                hotspot; rewritten after every slide
 
@@ -42,8 +42,9 @@ settings, and runs the others again. With --resume, an interrupted slide continu
 journal; a journal made with another slide file, model, tile size or overlap, or complete outputs
 made with other settings, make that slide fail (run without --resume to overwrite them).
 
-A slide that fails (an unreadable file, no resolution and no --mpp, ...) is tried --retries more
-times and then reported as failed; the other slides still run. The exit code is 0 when every
+A slide that fails (an unreadable file, no resolution and no --mpp, ...) is reported as failed
+and the other slides still run. Errors that may pass, such as tiles that fail to read, are tried
+--retries more times first. A run of one slide file that fails writes nothing into --output. The exit code is 0 when every
 slide is done or skipped, and 1 when any slide failed or the command stopped with an error.
 
 examples:
@@ -236,7 +237,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_int_at_least(0),
         default=1,
         metavar="N",
-        help="further attempts for a slide that failed, before it is reported as failed (default: 1)",
+        help="further attempts for a slide that failed with an error that may pass, such as a failed tile "
+        "read, before it is reported as failed (default: 1)",
     )
     parser.add_argument(
         "--ray",
@@ -345,14 +347,26 @@ def run(args: argparse.Namespace) -> int:
         hotspot_shape=HotspotShape(args.hotspot_shape, args.hotspot_area, args.hotspot_aspect),
         min_tissue_share=args.min_tissue_share,
     )
-    # In this process run_cohort builds the detector once; on Ray each worker builds its own.
-    # NOTE: each Ray task reserves 1 + --workers CPUs, but onnxruntime picks its own thread count, so
-    # CPU-only tasks that run side by side can oversubscribe the cores.
-    factory = OnnxDetectorFactory(model_path=args.model, device=args.device, precision=args.precision)
+    # In this process run_cohort builds the detector once; on Ray each worker builds its own. A Ray
+    # task reserves 1 + --workers CPUs, so its model runs on one thread and tasks side by side on a
+    # machine do not compete for the same cores.
+    factory = OnnxDetectorFactory(
+        model_path=args.model,
+        device=args.device,
+        precision=args.precision,
+        intra_op_threads=1 if args.ray is not None else 0,
+    )
 
     def print_row(row: CohortRow) -> None:
         print(slide_line(row, settings.hotspot_shape.area_mm2), flush=True)
 
+    # One slide file run here is a single-slide job: a failure leaves nothing in the output folder.
+    single_slide = (
+        args.ray is None
+        and len(args.sources) == 1
+        and Path(args.sources[0]).is_file()
+        and Path(args.sources[0]).suffix.lower() != ".csv"
+    )
     result = run_cohort(
         args.sources,
         factory,
@@ -362,6 +376,8 @@ def run(args: argparse.Namespace) -> int:
         retries=args.retries,
         progress=not args.no_progress,
         on_row=print_row,
+        write_table=not single_slide,
     )
-    print(cohort_line(result), flush=True)
+    if not single_slide:
+        print(cohort_line(result), flush=True)
     return 1 if result.count("failed") else 0

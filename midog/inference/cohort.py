@@ -10,10 +10,11 @@ paths (see ``list_slides``) and for each slide:
    writes ``<stem>.hotspot.geojson`` and ``<stem>.thumbnail.png``, and last
    adds the hotspot to ``<stem>.summary.json``.
 
-A slide that raises is logged and tried again up to ``retries`` more times;
-the other slides go on. ``cohort_summary.csv`` in the output folder lists
-every slide's status, error, counts, hotspot and time, and is rewritten
-atomically after each slide, so an interrupted run leaves a valid table.
+A slide that raises is logged and tried again up to ``retries`` more times,
+unless its error would repeat (``PERMANENT_ERRORS``); the other slides go
+on. ``cohort_summary.csv`` in the output folder lists every slide's status,
+error, counts, hotspot and time, and is rewritten atomically after each
+slide, so an interrupted run leaves a valid table.
 
 With ``ray_address`` None the slides run one after another in this process.
 Otherwise each slide is a Ray task that reserves one GPU where the cluster
@@ -36,7 +37,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from midog.errors import ManifestError, MidogError, ModelError, OutputError, SlideOpenError
+from midog.errors import (
+    ManifestError,
+    MidogError,
+    ModelError,
+    OutputError,
+    SlideOpenError,
+    SlideResolutionError,
+)
 from midog.inference.detector import TileDetector
 from midog.inference.hotspot import (
     DEFAULT_MIN_TISSUE_SHARE,
@@ -57,27 +65,28 @@ from midog.inference.precision import (
     resolve_model_path,
     variant_path,
 )
-from midog.inference.resume import file_sha256, journal_path
+from midog.inference.resume import ResumeError, file_sha256, journal_path
 from midog.inference.runner import check_output_dir, detect_slide, slide_outputs
 from midog.inference.thumbnail import draw_overview, read_overview, write_png
 from midog.io.writers import MIDOG_MITOTIC_FIGURE, atomic_output
 
 __all__ = [
-    "SLIDE_SUFFIXES",
     "COHORT_TABLE_NAME",
+    "PERMANENT_ERRORS",
+    "SLIDE_SUFFIXES",
     "TABLE_COLUMNS",
-    "SlideSpec",
-    "SlideSettings",
-    "CohortRow",
     "CohortResult",
+    "CohortRow",
     "OnnxDetectorFactory",
-    "list_slides",
-    "hotspot_path",
-    "thumbnail_path",
-    "process_slide",
+    "SlideSettings",
+    "SlideSpec",
     "finished_row",
-    "write_cohort_table",
+    "hotspot_path",
+    "list_slides",
+    "process_slide",
     "run_cohort",
+    "thumbnail_path",
+    "write_cohort_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,6 +133,18 @@ TABLE_COLUMNS = (
 Status = Literal["done", "failed", "skipped"]
 
 _GLOB_CHARACTERS = frozenset("*?[")
+
+# Errors that another attempt on the same slide would raise again: a file no
+# reader opens, a missing resolution, a journal or earlier outputs of other
+# settings, an unwritable output, a bad model. Other errors, such as a failed
+# tile read on a network share or a crashed Ray worker, are retried.
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (
+    SlideOpenError,
+    SlideResolutionError,
+    ResumeError,
+    OutputError,
+    ModelError,
+)
 
 
 @dataclass(frozen=True)
@@ -206,6 +227,9 @@ class CohortRow:
         hotspot_tissue_share: tissue share of the hotspot window, 0-1.
         seconds: detection wall time reported by ``detect_slide`` (for
             skipped slides, that of the run that wrote the outputs).
+        retry: for a failed attempt, whether another attempt may succeed:
+            False for errors that repeat on every attempt (see
+            ``PERMANENT_ERRORS``). Not a column of the table.
     """
 
     slide: str
@@ -222,6 +246,7 @@ class CohortRow:
     hotspot_y_px: float | None = None
     hotspot_tissue_share: float | None = None
     seconds: float | None = None
+    retry: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,11 +255,11 @@ class CohortResult:
 
     Attributes:
         rows: one row per slide.
-        table_path: the cohort summary CSV.
+        table_path: the cohort summary CSV; None when none was written.
     """
 
     rows: list[CohortRow]
-    table_path: Path
+    table_path: Path | None
 
     def count(self, status: Status) -> int:
         """Return the number of slides with ``status``."""
@@ -708,7 +733,12 @@ def _attempt_slide(
     # A cohort goes on past any failing slide; the error is reported in its row and the log.
     except Exception as exc:  # noqa: BLE001
         return CohortRow(
-            slide=spec.path.name, path=str(spec.path), status="failed", attempts=attempt, error=_one_line(exc)
+            slide=spec.path.name,
+            path=str(spec.path),
+            status="failed",
+            attempts=attempt,
+            error=_one_line(exc),
+            retry=not isinstance(exc, PERMANENT_ERRORS),
         )
     return replace(row, attempts=attempt)
 
@@ -726,7 +756,8 @@ def _import_ray() -> Any:
 
 def _log_row(row: CohortRow) -> None:
     if row.status == "failed":
-        logger.error("Slide %s failed after %d attempts: %s", row.path, row.attempts, row.error)
+        attempts = "1 attempt" if row.attempts == 1 else f"{row.attempts} attempts"
+        logger.error("Slide %s failed after %s: %s", row.path, attempts, row.error)
     else:
         logger.info(
             "Slide %s %s: figure count %s, hotspot count %s, %.1f s",
@@ -752,7 +783,7 @@ def _run_in_process(
     for index, spec in specs:
         for attempt in range(1, retries + 2):
             row = _attempt_slide(spec, detector, output_dir, settings, attempt, progress)
-            if row.status != "failed" or attempt > retries:
+            if row.status != "failed" or not row.retry or attempt > retries:
                 break
             logger.warning(
                 "Slide %s failed (attempt %d of %d), retrying: %s", spec.path, attempt, retries + 1, row.error
@@ -807,8 +838,8 @@ def _run_on_ray(
             try:
                 row = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
-                row = CohortRow(spec.path.name, str(spec.path), "failed", attempt, _one_line(exc))
-            if row.status == "failed" and attempt <= retries:
+                row = CohortRow(spec.path.name, str(spec.path), "failed", attempt, _one_line(exc), retry=True)
+            if row.status == "failed" and row.retry and attempt <= retries:
                 logger.warning(
                     "Slide %s failed (attempt %d of %d), retrying: %s",
                     spec.path,
@@ -837,6 +868,7 @@ def run_cohort(
     ray_init: Mapping[str, Any] | None = None,
     progress: bool = False,
     on_row: Callable[[CohortRow], None] | None = None,
+    write_table: bool = True,
 ) -> CohortResult:
     """Detect figures and hotspots on many slides and write a cohort summary table.
 
@@ -862,6 +894,8 @@ def run_cohort(
         progress: show a progress bar per slide (in-process runs only).
         on_row: called in this process with each slide's final row as the
             slide is skipped, done or failed, in the order they finish.
+        write_table: write ``cohort_summary.csv``; False leaves only the
+            slides' own outputs, as for a run of one slide.
 
     Returns:
         The rows in input order and the table path.
@@ -882,7 +916,7 @@ def run_cohort(
     specs = list_slides(slides)
     output_dir = check_output_dir(output_dir)
     _check_unique_stems(specs, output_dir)
-    table_path = output_dir / COHORT_TABLE_NAME
+    table_path = output_dir / COHORT_TABLE_NAME if write_table else None
     started = time.perf_counter()
 
     rows: list[CohortRow | None] = [None] * len(specs)
@@ -890,7 +924,8 @@ def run_cohort(
     def record(index: int, row: CohortRow) -> None:
         rows[index] = row
         _log_row(row)
-        write_cohort_table(table_path, [r for r in rows if r is not None])
+        if table_path is not None:
+            write_cohort_table(table_path, [r for r in rows if r is not None])
         if on_row is not None:
             on_row(row)
 
@@ -931,7 +966,8 @@ def run_cohort(
         )
 
     final_rows = [row for row in rows if row is not None]
-    write_cohort_table(table_path, final_rows)
+    if table_path is not None:
+        write_cohort_table(table_path, final_rows)
     result = CohortResult(final_rows, table_path)
     logger.info(
         "Cohort done in %.1f s: %d done, %d skipped, %d failed; table %s",
@@ -939,6 +975,6 @@ def run_cohort(
         result.count("done"),
         result.count("skipped"),
         result.count("failed"),
-        table_path,
+        table_path or "not written",
     )
     return result

@@ -272,6 +272,18 @@ def test_model_error_stops_in_process_run(shared_data, tmp_path):
         run_cohort([shared_data / REAL_SLIDE], factory, tmp_path / "out")
 
 
+def test_permanent_error_not_retried(shared_data, tmp_path):
+    result = run_cohort([shared_data / BROKEN_SLIDE], StubDetector, tmp_path, settings=SETTINGS, retries=3)
+    assert (result.rows[0].status, result.rows[0].attempts) == ("failed", 1)
+    assert result.rows[0].retry is False
+
+
+def test_no_table_when_asked(shared_data, tmp_path):
+    result = run_cohort([shared_data / BROKEN_SLIDE], StubDetector, tmp_path, write_table=False)
+    assert result.table_path is None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_retry_recovers_flaky_detector(shared_data, tmp_path):
     result = run_cohort([shared_data / REAL_SLIDE], FlakyDetector, tmp_path, settings=SETTINGS, retries=1)
     assert result.rows[0].status == "done"
@@ -317,10 +329,11 @@ def test_ray_two_done_one_failed(ray_runs):
     assert [row.status for row in first.rows] == ["done", "done", "failed"]
 
 
-def test_ray_failure_after_retries(ray_runs):
+def test_ray_failure_not_retried(ray_runs):
+    # A file no reader opens fails the same way on every attempt, so it is tried once.
     _, first, _, _ = ray_runs
     failed = first.rows[2]
-    assert failed.attempts == 2
+    assert failed.attempts == 1
     assert failed.error.startswith("SlideOpenError: Failed to open slide")
     assert "broken.svs" in failed.error
 
@@ -369,9 +382,19 @@ def test_ray_rerun_keeps_counts(ray_runs):
     assert second.rows[0].hotspot_count == first.rows[0].hotspot_count
 
 
-def test_ray_rerun_retries_failed(ray_runs):
+def test_ray_rerun_runs_failed_again(ray_runs):
     _, _, _, second = ray_runs
-    assert second.rows[2].attempts == 2
+    assert (second.rows[2].status, second.rows[2].attempts) == ("failed", 1)
+
+
+def test_ray_retries_transient_error(local_ray, shared_data, tmp_path):
+    # Each Ray worker's detector fails its first batch. Two workers fail at
+    # most twice, so three attempts always finish the slide.
+    result = run_cohort(
+        [shared_data / REAL_SLIDE], FlakyDetector, tmp_path, settings=SETTINGS, ray_address="local", retries=2
+    )
+    assert result.rows[0].status == "done"
+    assert result.rows[0].attempts >= 2
 
 
 def test_ray_cluster_left_running(ray_runs, local_ray):
