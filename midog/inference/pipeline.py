@@ -46,8 +46,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Threads reading tiles while the detector runs. Two keep a JPEG-compressed
-# slide ahead of RTMDet-S on CPU; see docs/benchmarks.md.
+# Threads reading tiles while the detector runs. With two, RTMDet-S waited
+# at most 0.1 s for tiles in whole-slide runs of up to 1541 tiles, JPEG and
+# deflate, on 2 AMD EPYC cores (tools/benchmark_wsi.py, docs/benchmarks.md).
 DEFAULT_READ_THREADS = 2
 
 # Tiles read ahead per reader thread or worker process; bounds the memory held

@@ -41,7 +41,7 @@ PrecisionChoice = Literal["auto", "fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 
 # What ``--precision auto`` runs, per device. On 2 AMD EPYC cores int8 ran
-# 1.5-1.8x faster than fp32 in onnxruntime alone, with test recall on 746
+# 1.5-2x faster than fp32 in onnxruntime alone, with test recall on 746
 # held-out crops 0.13 points above fp32's (tools/benchmark_wsi.py, see
 # docs/benchmarks.md). fp16 ran no faster than fp32 on that CPU.
 # NOTE: no GPU was available for the measurements, so CUDA stays at fp32
