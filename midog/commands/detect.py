@@ -367,17 +367,23 @@ def run(args: argparse.Namespace) -> int:
         and Path(args.sources[0]).is_file()
         and Path(args.sources[0]).suffix.lower() != ".csv"
     )
-    result = run_cohort(
-        args.sources,
-        factory,
-        args.output,
-        settings=settings,
-        ray_address=args.ray,
-        retries=args.retries,
-        progress=not args.no_progress,
-        on_row=print_row,
-        write_table=not single_slide,
-    )
+    created_output = not Path(args.output).exists()
+    try:
+        result = run_cohort(
+            args.sources,
+            factory,
+            args.output,
+            settings=settings,
+            ray_address=args.ray,
+            retries=args.retries,
+            progress=not args.no_progress,
+            on_row=print_row,
+            write_table=not single_slide,
+        )
+    finally:
+        # A run that failed before writing anything leaves no empty folder behind.
+        if created_output and Path(args.output).is_dir() and not any(Path(args.output).iterdir()):
+            Path(args.output).rmdir()
     if not single_slide:
         print(cohort_line(result), flush=True)
     return 1 if result.count("failed") else 0

@@ -231,7 +231,26 @@ def test_detect_one_failing_slide_leaves_nothing(shared_data, tmp_path, name):
     assert len(lines) == 1
     assert lines[0].startswith(f"{name}: failed after ")
     assert str(slide) in lines[0]
-    assert list(output_dir.iterdir()) == []
+    assert not output_dir.exists()
+
+
+def test_detect_bad_model_leaves_no_folder(shared_data, tmp_path, capsys):
+    model = tmp_path / "model.onnx"
+    model.write_text("not a model")
+    output_dir = tmp_path / "out"
+    exit_code, _ = run_detect(str(shared_data / REAL_SLIDE), "--model", str(model), "--output", str(output_dir))
+    assert exit_code == 1
+    assert "model.onnx is not a valid ONNX model" in capsys.readouterr().err
+    assert not output_dir.exists()
+
+
+def test_detect_keeps_existing_empty_folder(shared_data, tmp_path):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    slide = shared_data / BROKEN_SLIDES[0]
+    exit_code, _ = run_detect(str(slide), "--output", str(output_dir), "--no-progress")
+    assert exit_code == 1
+    assert output_dir.is_dir()
 
 
 def test_detect_threshold_option(stub_model, two_disc_slide, tmp_path):
@@ -320,7 +339,7 @@ def test_detect_mpp_needed_without_resolution(stub_model, tmp_path):
     assert lines == [lines[0]]
     assert lines[0].startswith("no-resolution.tiff: failed after 1 attempt: SlideResolutionError:")
     assert "--mpp" in lines[0]
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_detect_mpp_option(stub_model, tmp_path):
