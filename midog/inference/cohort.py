@@ -66,7 +66,7 @@ from midog.inference.precision import (
     variant_path,
 )
 from midog.inference.resume import ResumeError, file_sha256, journal_path
-from midog.inference.runner import check_output_dir, detect_slide, slide_outputs
+from midog.inference.runner import check_output_dir, detect_slide, slide_outputs, write_summary
 from midog.inference.thumbnail import draw_overview, read_overview, write_png
 from midog.io.writers import MIDOG_MITOTIC_FIGURE, atomic_output
 
@@ -487,9 +487,7 @@ def _add_hotspot_to_summary(summary_path: Path, hotspot: Hotspot | None, setting
         raise OutputError(f"Cannot read {summary_path} to add the hotspot: {exc}") from exc
     summary["hotspot"] = None if hotspot is None else hotspot_record(hotspot)
     summary["hotspot_search"] = settings.hotspot_search()
-    text = json.dumps(summary, indent=2)
-    with atomic_output(summary_path) as temporary_path:
-        temporary_path.write_text(text + "\n", encoding="utf-8")
+    write_summary(summary_path, summary)
 
 
 def process_slide(

@@ -83,6 +83,7 @@ __all__ = [
     "check_output_dir",
     "plan_slide",
     "slide_outputs",
+    "write_summary",
     "read_tile",
     "detect_slide",
     "detect_open_slide",
@@ -234,7 +235,8 @@ class _DetectTiming:
     num_tiles_detected: int = 0
 
 
-def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write a slide summary as indented JSON, atomically."""
     with atomic_output(path) as temporary_path:
         temporary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
@@ -789,7 +791,7 @@ def detect_open_slide(
                 "midog_json": outputs.midog_json.name,
             },
         }
-        _write_summary(outputs.summary, summary)
+        write_summary(outputs.summary, summary)
         journal.remove()
 
     tiles_per_s = timing.num_tiles_detected / timing.detect_seconds if timing.detect_seconds > 0 else math.nan
