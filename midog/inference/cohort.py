@@ -540,6 +540,8 @@ def process_slide(
     if MIDOG_MITOTIC_FIGURE in figures.class_names:
         figures = figures.select(figures.labels == figures.class_names.index(MIDOG_MITOTIC_FIGURE))
 
+    # NOTE: this reads the tissue-mask thumbnail again, which detect_slide
+    # already read; the display thumbnail is new work.
     overview = read_overview(spec.path, mpp)
     hotspot = find_hotspot(
         figures.xy,

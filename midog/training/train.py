@@ -76,9 +76,9 @@ def train(
         cfg.model.use_syncbn = False
     cfg.work_dir = str(work_dir)
     # mmengine names its logger and visualizer after the config and the second
-    # the run starts, and hands back an existing instance of that name, so a
-    # second run started within the same second in this process would write its
-    # scalars into the first run's folder. A per-process count keeps the names
+    # the run starts, and returns an existing instance of that name. So a second
+    # run started in the same second in this process would write its scalars
+    # into the first run's folder. A count of runs per process keeps the names
     # apart and equal on all ranks.
     global _runs_started
     _runs_started += 1

@@ -468,7 +468,7 @@ def test_streamed_json_matches_plain_dump(tmp_path, count):
     np.testing.assert_array_equal(np.float32(scores), detections.scores)
 
 
-def test_midog_invalid_point_late_in_stream_leaves_nothing(tmp_path):
+def test_midog_late_invalid_point_leaves_nothing(tmp_path):
     count = 10000
     xy = np.full((count, 2), 100.0)
     xy[-1] = (1e6, 100.0)  # 250 mm at 0.25 µm/px, past the bound

@@ -62,9 +62,9 @@ def test_train_writes_checkpoint(tiny_run):
     assert (work_dir / "last_checkpoint").is_file()
 
 
-def test_runs_started_in_one_second_keep_their_logs_apart(shared_data, tmp_path, monkeypatch):
+def test_train_same_second_separate_logs(shared_data, tmp_path, monkeypatch):
     # mmengine names a run's logger and visualizer after the config and the
-    # second it starts, and reuses an instance of the same name; two runs in
+    # second it starts, and reuses an instance of the same name. So two runs in
     # one process and one second used to write their scalars to the first
     # run's folder.
     import time
